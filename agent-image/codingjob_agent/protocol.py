@@ -1,0 +1,144 @@
+"""Wire contract between the agent container, the context-manager sidecar and the operator.
+
+The agent never talks to the model provider: it talks to the sidecar on 127.0.0.1 (same pod,
+shared network namespace), which holds the API key and the conversation. Messages and tool
+schemas are OpenAI Chat Completions shapes, kept as plain dicts here so that any
+OpenAI-compatible provider's extra fields pass through untouched.
+
+Endpoints of the sidecar:
+
+* ``GET  /healthz`` on both listeners: 200 once the journal is loaded.
+* ``GET  /v1/conversation`` (gateway, 127.0.0.1): :class:`ConversationState`, so a restarted
+  agent can resume instead of starting over.
+* ``POST /v1/step`` (gateway, 127.0.0.1): :class:`StepRequest` -> :class:`StepResponse`.
+* ``GET  /stats`` (stats listener, pod IP, read-only, no secrets): :class:`Stats`. The operator
+  reads it through the API server's pod proxy.
+
+Errors from the sidecar are JSON :class:`ErrorBody` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Port of the model gateway, bound to 127.0.0.1 only.
+GATEWAY_PORT = 8080
+#: Port of the read-only stats listener, bound to the pod IP.
+STATS_PORT = 8081
+
+#: Where the agent writes its final result on the workspace volume.
+RESULT_PATH = ".codingjob/result.json"
+#: Conversation journal (machine-readable, append-only) and readable transcript.
+JOURNAL_PATH = "context.jsonl"
+TRANSCRIPT_PATH = "context.txt"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StepRequest(_Strict):
+    """Messages the agent adds since its last step, plus the tool schemas it offers.
+
+    On the first step ``messages`` is ``[system, user(task)]``; afterwards it is the ``tool``
+    messages answering the previous assistant message's tool calls (and any user notes).
+    """
+
+    messages: list[dict[str, Any]] = Field(default_factory=list, max_length=256)
+    tools: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+
+
+class TokenStats(_Strict):
+    window: int = 0
+    limit: int = 0
+    used: int = 0
+    pruned: int = 0
+
+
+class Stats(_Strict):
+    tokens: TokenStats = Field(default_factory=TokenStats)
+    steps: int = 0
+    model_calls: int = Field(0, alias="modelCalls")
+    errors: int = 0
+    messages: int = 0
+    budget_exceeded: bool = Field(False, alias="budgetExceeded")
+    last_error: str | None = Field(None, alias="lastError")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class StepResponse(_Strict):
+    """The model's next assistant message (``openai.types.chat.ChatCompletionMessage`` shape)."""
+
+    message: dict[str, Any]
+    finish_reason: str | None = Field(None, alias="finishReason")
+    stats: Stats
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ConversationState(_Strict):
+    """What a (re)starting agent needs to resume the conversation."""
+
+    messages: int
+    #: The last stored message, or None for an empty conversation.
+    last_message: dict[str, Any] | None = Field(None, alias="lastMessage")
+    #: ids of the last assistant message's tool calls that have no tool result yet.
+    pending_tool_call_ids: list[str] = Field(default_factory=list, alias="pendingToolCallIds")
+    stats: Stats
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "BadRequest"
+    MESSAGE_TOO_LARGE = "MessageTooLarge"
+    BUDGET_EXCEEDED = "BudgetExceeded"
+    CONTEXT_OVERFLOW = "ContextOverflow"
+    MODEL_ERROR = "ModelError"
+    MODEL_UNAVAILABLE = "ModelUnavailable"
+
+
+class ErrorBody(_Strict):
+    error: ErrorCode
+    message: str
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class AgentReason(StrEnum):
+    """Why the agent stopped; the operator copies it into ``status.reason``."""
+
+    COMPLETED = "Completed"
+    AGENT_ERROR = "AgentError"
+    MAX_STEPS_EXCEEDED = "MaxStepsExceeded"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    BUDGET_EXCEEDED = "BudgetExceeded"
+    CONTEXT_OVERFLOW = "ContextOverflow"
+    MODEL_ERROR = "ModelError"
+    TERMINATED = "Terminated"
+    INVALID_ENVIRONMENT = "InvalidEnvironment"
+
+
+class AgentResult(_Strict):
+    """Written to ``/workspace/.codingjob/result.json`` and, shortened, to the container's
+    termination message (``/dev/termination-log``, at most 4096 bytes), which the operator reads.
+    """
+
+    outcome: Outcome
+    reason: AgentReason
+    message: str = Field("", max_length=2048)
+    steps: int = 0
+    tokens: int = 0
+    summary: str = ""
+
+    def termination_message(self) -> str:
+        """The JSON the kubelet keeps as the termination message, within its 4096-byte cap."""
+        short = self.model_copy(update={"summary": self.summary[:1024], "message": self.message[:1024]})
+        return short.model_dump_json()

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the system packages CodingJob's cluster, images and tests need, on Debian/Ubuntu as root.
+# Idempotent: packages already present are skipped, so a warm machine spends a second here.
+set -euo pipefail
+
+packages=(
+  # Container runtime for the local kubelet, and an engine to build images without a registry.
+  docker.io containerd runc containernetworking-plugins debootstrap
+  # What kubelet and kube-proxy call on the node.
+  iptables conntrack socat ethtool iproute2 util-linux mount
+  # Certificates for the local control plane; archives; the test browser.
+  openssl ca-certificates curl zip unzip chromium fonts-dejavu-core
+  python3 python3-venv python3-pip git make
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v go >/dev/null || { echo "Go is required to build the cluster binaries (go 1.25+)" >&2; exit 1; }
