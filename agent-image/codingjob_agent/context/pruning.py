@@ -1,0 +1,93 @@
+"""Pure pruning plans: what to mask and where the window must start so the request fits.
+
+A plan never touches the system prompt, the task or the last ``keep_turns`` assistant turns, and
+cuts only between units (an assistant message and its tool results stay together). When even
+the smallest window allowed does not fit, planning raises :class:`ContextOverflow` instead of
+trying again and again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from codingjob_agent.context.conversation import Conversation
+from codingjob_agent.context.settings import Strategy
+
+
+class ContextOverflow(RuntimeError):
+    """The protected part of the conversation alone exceeds the budget."""
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """Indices to mask, the new window start, and whether the dropped span needs a summary."""
+
+    start: int
+    mask: list[int] = field(default_factory=list)
+    summarize: bool = False
+    #: Window tokens after the plan (with the room reserved for a summary).
+    tokens: int = 0
+
+
+def plan_prune(
+    conversation: Conversation,
+    *,
+    budget: int,
+    target: int,
+    strategy: Strategy,
+    keep_turns: int,
+    summary_tokens: int = 0,
+) -> PrunePlan | None:
+    """The cheapest plan bringing the window to ``target`` tokens (at least under ``budget``),
+    or None when it already fits ``budget``."""
+    total = conversation.window_tokens
+    if total <= budget:
+        return None
+    protected = conversation.protected_from(keep_turns)
+    start = conversation.start
+    masked: list[int] = []
+    if strategy is Strategy.MASK_OBSERVATIONS:
+        for index in range(start, protected):
+            if total <= target:
+                break
+            if index in conversation.masked or not conversation.maskable(index):
+                continue
+            saved = conversation.tokens[index] - conversation.placeholder(index)[1]
+            if saved > 0:
+                masked.append(index)
+                total -= saved
+    if strategy is Strategy.SUMMARIZE:
+        # The old summary is folded into the new one, which gets a fixed room.
+        total += summary_tokens - conversation.summary_tokens
+    masked_set = set(masked)
+    new_start = start
+    for begin, end in conversation.turn_units(start, protected):
+        if total <= target:
+            break
+        for index in range(begin, end):
+            if index in masked_set:
+                total -= conversation.placeholder(index)[1]
+            else:
+                total -= conversation.cost(index)
+        new_start = end
+    summarize = strategy is Strategy.SUMMARIZE and new_start > start
+    if strategy is Strategy.SUMMARIZE and not summarize:
+        total -= summary_tokens - conversation.summary_tokens
+    if total > budget:
+        raise ContextOverflow(
+            f"the context cannot fit {budget} tokens: the system prompt, the task and the last "
+            f"{keep_turns} turn(s) alone take {total} tokens"
+        )
+    return PrunePlan(
+        start=new_start,
+        mask=[i for i in masked if i >= new_start],
+        summarize=summarize,
+        tokens=total,
+    )
+
+
+def smallest_window(conversation: Conversation, keep_turns: int, extra: int = 0) -> int:
+    """Tokens of the smallest window any strategy can reach, plus ``extra`` new tokens."""
+    protected = conversation.protected_from(keep_turns)
+    droppable = sum(conversation.cost(i) for i in range(conversation.start, protected))
+    return conversation.window_tokens + extra - droppable - conversation.summary_tokens

@@ -1,0 +1,334 @@
+"""Object storage for workspace archives: the only module of the project that talks to MinIO/S3.
+
+Every failure leaves this module as :class:`TransientStorageError` (retry with backoff) or
+:class:`PermanentStorageError` (retrying cannot help), so callers never see SDK exceptions.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import BinaryIO, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import urllib3
+from minio import Minio
+from minio.commonconfig import Tags
+from minio.datatypes import Part
+from minio.deleteobjects import DeleteObject
+from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+from pydantic import SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Object tags an archive carries: the sha256 of its bytes and how many files it holds.
+META_SHA256 = "sha256"
+META_FILES = "files"
+
+#: S3 error codes that retrying cannot fix.
+_PERMANENT_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "NoSuchBucket",
+        "InvalidBucketName",
+        "AccountProblem",
+        "InvalidObjectState",
+        "EntityTooLarge",
+        "InvalidArgument",
+        "InvalidRequest",
+    }
+)
+#: S3 error codes that clear up by themselves, whatever their HTTP status.
+_TRANSIENT_CODES = frozenset({"RequestTimeout", "SlowDown", "OperationTimedOut"})
+_TRANSIENT_STATUS = frozenset({408, 429})
+_MiB = 1024 * 1024
+T = TypeVar("T")
+
+
+class StorageSettings(BaseSettings):
+    """Where archives go and how they are reached, read from ``CODINGJOB_STORAGE_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="CODINGJOB_STORAGE_")
+
+    #: ``host:port`` reachable from the operator and archiver pods.
+    endpoint: str = "codingjob-minio.codingjob-system.svc:9000"
+    #: URL users reach (``http://localhost:9000``, ``https://s3.example.com``); download URLs are
+    #: signed for this host. ``None`` signs for ``endpoint``.
+    public_endpoint: str | None = None
+    access_key: SecretStr
+    secret_key: SecretStr
+    secure: bool = False
+    #: Passing the region makes presigning a local computation (no GetBucketLocation call).
+    region: str = "us-east-1"
+    bucket: str = "codingjob-artifacts"
+    create_bucket: bool = True
+    retention: Literal["Retain", "Delete"] = "Retain"
+
+    @field_validator("endpoint")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if "/" in value or not value:
+            raise ValueError("endpoint is host:port without scheme or path")
+        return value
+
+    @field_validator("public_endpoint")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("publicEndpoint is a URL like http://localhost:9000")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("publicEndpoint must not have a path: S3 signs the path")
+        return f"{parts.scheme}://{parts.netloc}"
+
+
+class StorageError(Exception):
+    """An object storage operation failed."""
+
+
+class TransientStorageError(StorageError):
+    """Unreachable, 5xx, timeouts: the same call may succeed later."""
+
+
+class PermanentStorageError(StorageError):
+    """Access denied, missing bucket with creation off, bad credentials: retrying cannot help."""
+
+
+class UploadLostError(TransientStorageError):
+    """The multipart upload no longer exists on the server; the whole upload must start over."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the store holds under a key; ``sha256``/``files`` are what :meth:`record` attached."""
+
+    key: str
+    size: int
+    sha256: str | None
+    files: int | None
+
+
+@dataclass(frozen=True)
+class UploadedPart:
+    """One acknowledged part of a multipart upload."""
+
+    number: int
+    etag: str
+
+
+def _http_client() -> urllib3.PoolManager:
+    # Short timeouts so a vanished server surfaces as a retryable error within a minute instead
+    # of the SDK's five-minute default; our own backoff does the long-term retrying.
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=10.0, read=120.0),
+        maxsize=4,
+        retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+
+
+def classify(error: BaseException) -> StorageError:
+    """Map an SDK/network exception to a transient or permanent storage error."""
+    if isinstance(error, StorageError):
+        return error
+    message = f"{type(error).__name__}: {error}"
+    if isinstance(error, S3Error):
+        message = f"{error.code}: {error.message} ({error.resource})"
+        if error.code == "NoSuchUpload":
+            return UploadLostError(message)
+        status = error.response.status if error.response is not None else 0
+        if error.code in _TRANSIENT_CODES or status in _TRANSIENT_STATUS:
+            return TransientStorageError(message)
+        if error.code in _PERMANENT_CODES or 400 <= status < 500:
+            return PermanentStorageError(message)
+        return TransientStorageError(message)
+    if isinstance(error, ServerError):
+        if error.status_code >= 500:
+            return TransientStorageError(message)
+        return PermanentStorageError(message)
+    if isinstance(error, InvalidResponseError):
+        # A non-S3 answer (a proxy's HTML page, an empty 5xx) is usually a gateway hiccup.
+        code = error.__reduce__()[1][0]  # type: ignore[no-untyped-call]
+        if isinstance(code, int) and 400 <= code < 500 and code not in _TRANSIENT_STATUS:
+            return PermanentStorageError(message)
+        return TransientStorageError(message)
+    if isinstance(error, urllib3.exceptions.HTTPError | OSError | TimeoutError):
+        return TransientStorageError(message)
+    if isinstance(error, ValueError | MinioException):
+        return PermanentStorageError(message)
+    return PermanentStorageError(message)
+
+
+def _call(func: Callable[[], T]) -> T:
+    try:
+        return func()
+    except Exception as error:
+        raise classify(error) from error
+
+
+def _public_client(settings: StorageSettings) -> Minio:
+    if settings.public_endpoint is None:
+        return _client(settings.endpoint, settings.secure, settings)
+    parts = urlsplit(settings.public_endpoint)
+    return _client(parts.netloc, parts.scheme == "https", settings)
+
+
+def _client(endpoint: str, secure: bool, settings: StorageSettings) -> Minio:
+    return Minio(
+        endpoint,
+        access_key=settings.access_key.get_secret_value(),
+        secret_key=settings.secret_key.get_secret_value(),
+        secure=secure,
+        region=settings.region,
+        http_client=_http_client(),
+    )
+
+
+class ArtifactStore:
+    """Archive objects in one bucket: upload, confirm, presign, delete."""
+
+    def __init__(self, settings: StorageSettings) -> None:
+        self.settings = settings
+        self.bucket = settings.bucket
+        self._client = _client(settings.endpoint, settings.secure, settings)
+        # Signing is local (region given), so a public host the operator cannot reach works.
+        self._signer = _public_client(settings)
+
+    def ensure_bucket(self) -> None:
+        """Make sure the bucket exists, creating it when the settings allow."""
+        if _call(lambda: self._client.bucket_exists(self.bucket)):
+            return
+        if not self.settings.create_bucket:
+            raise PermanentStorageError(
+                f"NoSuchBucket: bucket {self.bucket!r} does not exist and creation is off"
+            )
+        try:
+            self._client.make_bucket(self.bucket, location=self.settings.region)
+        except S3Error as error:
+            if error.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                return  # created concurrently by another archiver
+            raise classify(error) from error
+        except Exception as error:
+            raise classify(error) from error
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size and recorded sha256/file count of ``key``; ``None`` when there is no such object."""
+        try:
+            obj = self._client.stat_object(self.bucket, key)
+        except S3Error as error:
+            if error.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                return None
+            raise classify(error) from error
+        except Exception as error:
+            raise classify(error) from error
+        tags = dict(_call(lambda: self._client.get_object_tags(self.bucket, key)) or {})
+        files = tags.get(META_FILES)
+        return ObjectInfo(
+            key=key,
+            size=int(obj.size or 0),
+            sha256=tags.get(META_SHA256),
+            files=int(files) if files is not None and files.isdigit() else None,
+        )
+
+    def presign_get(self, key: str, expires: datetime.timedelta) -> tuple[str, datetime.datetime]:
+        """A GET URL for ``key`` signed for the public endpoint, and when it expires (UTC)."""
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        url = _call(
+            lambda: self._signer.presigned_get_object(
+                self.bucket, key, expires=expires, request_date=now
+            )
+        )
+        return url, now + datetime.timedelta(seconds=int(expires.total_seconds()))
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix``; returns how many were deleted."""
+        if not prefix:
+            raise PermanentStorageError("refusing to delete the whole bucket (empty prefix)")
+
+        def run() -> int:
+            names = [
+                o.object_name
+                for o in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                if o.object_name is not None
+            ]
+            errors = list(
+                self._client.remove_objects(self.bucket, (DeleteObject(n) for n in names))
+            )
+            if errors:
+                raise PermanentStorageError(f"could not delete: {errors[0]}")
+            return len(names)
+
+        return _call(run)
+
+    # Multipart upload of a stream whose length is unknown up front.
+
+    def start_upload(self, key: str, content_type: str, headers: Mapping[str, str]) -> str:
+        """Begin a multipart upload of ``key``; returns the upload id."""
+        all_headers: dict[str, str | list[str] | tuple[str]] = {
+            "Content-Type": content_type,
+            **headers,
+        }
+        # The SDK's put_object aborts the whole upload on the first failed part; the low-level
+        # calls let the archiver retry a single part and resume after an outage.
+        return _call(lambda: self._client._create_multipart_upload(self.bucket, key, all_headers))
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> UploadedPart:
+        """Upload part ``number`` (1-based, >= 5 MiB except the last)."""
+        etag = _call(
+            lambda: self._client._upload_part(self.bucket, key, data, None, upload_id, number)
+        )
+        return UploadedPart(number=number, etag=etag)
+
+    def complete_upload(self, key: str, upload_id: str, parts: Iterable[UploadedPart]) -> None:
+        """Assemble the parts into the object ``key``."""
+        sdk_parts = [Part(p.number, p.etag) for p in parts]
+        _call(
+            lambda: self._client._complete_multipart_upload(self.bucket, key, upload_id, sdk_parts)
+        )
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Drop an unfinished upload and its parts."""
+        _call(lambda: self._client._abort_multipart_upload(self.bucket, key, upload_id))
+
+    def record(self, key: str, values: Mapping[str, str]) -> None:
+        """Attach ``values`` (sha256, file count) to the existing object ``key``.
+
+        S3 user metadata is fixed when an upload starts, and MinIO answers a copy onto itself
+        with new metadata by rewriting a multipart object's data (seconds per GiB; see the
+        archive benchmark). Object tags are metadata that can be set afterwards in one small
+        request, whatever the object's size.
+        """
+        tags = Tags.new_object_tags()
+        for name, value in values.items():
+            tags[name] = value
+        _call(lambda: self._client.set_object_tags(self.bucket, key, tags))
+
+    def put_stream(
+        self,
+        key: str,
+        stream: BinaryIO,
+        length: int,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """Upload ``length`` bytes from ``stream`` as ``key`` (multipart above 16 MiB)."""
+        start = stream.tell() if length >= 0 and stream.seekable() else None
+
+        def run() -> None:
+            if start is not None:
+                stream.seek(start)  # a retried call sends the bytes again from the beginning
+            self._client.put_object(
+                self.bucket,
+                key,
+                stream,
+                length,
+                content_type=content_type,
+                metadata=dict(metadata or {}),
+                part_size=16 * _MiB,
+            )
+
+        _call(run)
