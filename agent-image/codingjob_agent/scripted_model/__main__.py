@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,9 +18,9 @@ from codingjob_agent.scripted_model.server import create_app
 log = logging.getLogger("codingjob.scripted_model")
 
 
-async def serve(host: str, port: int, scenario_dir: Path) -> None:
+async def serve(host: str, port: int, scenario_dir: Path, turn_delay: float = 0.0) -> None:
     """Serve until SIGTERM or SIGINT; logs the bound address (``--port 0`` picks a free one)."""
-    runner = web.AppRunner(create_app(scenario_dir), access_log=None)
+    runner = web.AppRunner(create_app(scenario_dir, turn_delay=turn_delay), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -49,6 +50,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--scenario-dir", type=Path, default=PACKAGED_SCENARIOS)
+    parser.add_argument(
+        "--turn-delay-seconds",
+        type=float,
+        default=float(os.environ.get("CODINGJOB_SCRIPTED_MODEL_TURN_DELAY_SECONDS", "0")),
+        help="wait this long before each answer, like a real model, so a run can be watched "
+        "(env CODINGJOB_SCRIPTED_MODEL_TURN_DELAY_SECONDS)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -58,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if not args.scenario_dir.is_dir():
         parser.error(f"--scenario-dir {args.scenario_dir} is not a directory")
-    asyncio.run(serve(args.host, args.port, args.scenario_dir))
+    asyncio.run(serve(args.host, args.port, args.scenario_dir, args.turn_delay_seconds))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ fixed summary instead of a turn.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -49,6 +50,8 @@ class ServerState:
 
     scenario_dir: Path
     counter: TokenCounter
+    #: Seconds each answer waits, like a real model's latency, so people and tests can watch a run.
+    turn_delay: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
     _cache: dict[Path, tuple[float, Scenario]] = field(default_factory=dict)
 
@@ -292,6 +295,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     }
     entry["status"] = 200
     completion = _completion(body, message, usage)
+    if state.turn_delay > 0:
+        await asyncio.sleep(state.turn_delay)
     log.info(
         "%s %s turn %s: %d messages, %d tokens",
         body["model"],
@@ -334,10 +339,14 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def create_app(scenario_dir: Path, encoding: str = "cl100k_base") -> web.Application:
+def create_app(
+    scenario_dir: Path, encoding: str = "cl100k_base", turn_delay: float = 0.0
+) -> web.Application:
     """The scripted model server's application, playing scenarios from ``scenario_dir``."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app[STATE_KEY] = ServerState(scenario_dir=scenario_dir, counter=counter_for(encoding))
+    app[STATE_KEY] = ServerState(
+        scenario_dir=scenario_dir, counter=counter_for(encoding), turn_delay=turn_delay
+    )
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/_scripted/requests", received)

@@ -1,0 +1,123 @@
+{{/*
+Chart name, capped at 63 characters (a DNS label).
+*/}}
+{{- define "codingjob-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the release's resources, capped at 63 characters. A release name that already
+contains the chart name, or that the chart name starts with (release `codingjob`), is used as
+is, so `helm install codingjob` names its MinIO `codingjob-minio` rather than
+`codingjob-codingjob-operator-minio`.
+*/}}
+{{- define "codingjob-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if or (contains $name .Release.Name) (hasPrefix .Release.Name $name) }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version for the helm.sh/chart label.
+*/}}
+{{- define "codingjob-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels on every resource of the release.
+*/}}
+{{- define "codingjob-operator.labels" -}}
+helm.sh/chart: {{ include "codingjob-operator.chart" . }}
+{{ include "codingjob-operator.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: codingjob
+{{- end }}
+
+{{/*
+Labels that identify the release; each workload adds `app.kubernetes.io/component` so that
+the operator's, MinIO's and the scripted model's selectors never overlap.
+*/}}
+{{- define "codingjob-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "codingjob-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Name of the operator's ServiceAccount.
+*/}}
+{{- define "codingjob-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "codingjob-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Operator image reference; the archiver Jobs run the same image.
+*/}}
+{{- define "codingjob-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+"true" when the bundled MinIO is deployed: asked for, and no external store configured.
+*/}}
+{{- define "codingjob-operator.minio.enabled" -}}
+{{- if and .Values.minio.enabled (not .Values.storage.endpoint) }}true{{ end }}
+{{- end }}
+
+{{/*
+Name of the bundled MinIO's Deployment, Service and PVC.
+*/}}
+{{- define "codingjob-operator.minio.fullname" -}}
+{{- /* Cut the prefix, not the suffix, so the name never equals the operator's. */}}
+{{- printf "%s-minio" (include "codingjob-operator.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+"true" when the operator archives to object storage (bundled MinIO or an external store).
+*/}}
+{{- define "codingjob-operator.storage.enabled" -}}
+{{- if or (include "codingjob-operator.minio.enabled" .) .Values.storage.endpoint }}true{{ end }}
+{{- end }}
+
+{{/*
+`host:port` the operator and the archiver reach object storage at.
+*/}}
+{{- define "codingjob-operator.storage.endpoint" -}}
+{{- if .Values.storage.endpoint }}
+{{- .Values.storage.endpoint }}
+{{- else }}
+{{- printf "%s.%s.svc:%d" (include "codingjob-operator.minio.fullname" .) .Release.Namespace (int .Values.minio.service.port) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Secret holding the object storage credentials.
+*/}}
+{{- define "codingjob-operator.storage.secretName" -}}
+{{- if .Values.storage.existingSecret }}
+{{- .Values.storage.existingSecret }}
+{{- else }}
+{{- printf "%s-storage" (include "codingjob-operator.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+
+{{/*
+The scripted demo model's in-cluster base URL.
+*/}}
+{{- define "codingjob-operator.scriptedModel.baseURL" -}}
+{{- printf "http://scripted-model.%s.svc:%d/v1" .Release.Namespace (int .Values.scriptedModel.port) }}
+{{- end }}

@@ -1,0 +1,453 @@
+"""What the chart renders for each configuration: hardened pods, least-privilege RBAC, the
+operator's settings, the bundled MinIO or an external store, the scripted model, peering."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.unit.chart.chartlib import (
+    CHART,
+    CI_VALUES,
+    NAMESPACE,
+    Helm,
+    Manifest,
+    find,
+    kinds,
+    render_notes,
+)
+
+CI = {path.stem: path for path in CI_VALUES}
+CASES = [pytest.param((), id="default-values")] + [
+    pytest.param((path,), id=path.stem) for path in CI_VALUES
+]
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+
+
+def pod_specs(manifests: list[Manifest]) -> dict[str, dict[str, Any]]:
+    """``name -> pod spec`` of every workload."""
+    return {
+        m["metadata"]["name"]: m["spec"]["template"]["spec"]
+        for m in manifests
+        if m["kind"] in WORKLOADS
+    }
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    """``name -> value or valueFrom`` of a container's env list."""
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def operator_config(manifests: list[Manifest]) -> dict[str, str]:
+    operator = find(manifests, "Deployment", "codingjob")
+    cm_name = operator["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]
+    data: dict[str, str] = find(manifests, "ConfigMap", cm_name["configMapRef"]["name"])["data"]
+    return data
+
+
+# --- pod security ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", CASES)
+def test_every_pod_is_hardened(helm: Helm, values: tuple[Path, ...]) -> None:
+    specs = pod_specs(helm.render(values))
+    assert specs
+    for name, spec in specs.items():
+        pod_sc = spec["securityContext"]
+        assert pod_sc["runAsNonRoot"] is True, name
+        assert pod_sc["runAsUser"] != 0, name
+        assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        # Every pod says explicitly whether it gets an API token.
+        assert "automountServiceAccountToken" in spec, name
+        for container in spec["containers"] + spec.get("initContainers", []):
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["capabilities"] == {"drop": ["ALL"]}, name
+            assert container["resources"]["requests"], name
+            assert container["resources"]["limits"]["memory"], name
+
+
+def test_only_the_operator_gets_a_service_account_token(helm: Helm) -> None:
+    specs = pod_specs(helm.render(sets=["scriptedModel.enabled=true"]))
+    assert {n: s["automountServiceAccountToken"] for n, s in specs.items()} == {
+        "codingjob": True,
+        "codingjob-minio": False,
+        "scripted-model": False,
+    }
+    assert specs["codingjob"]["serviceAccountName"] == "codingjob"
+    for name in ("codingjob-minio", "scripted-model"):
+        assert "serviceAccountName" not in specs[name]
+
+
+def test_operator_probes_use_kopfs_liveness_endpoint(helm: Helm) -> None:
+    manifests = helm.render(sets=["healthPort=9090"])
+    container = pod_specs(manifests)["codingjob"]["containers"][0]
+    assert container["args"] == ["--liveness=http://0.0.0.0:9090/healthz"]
+    assert container["ports"] == [{"name": "health", "containerPort": 9090, "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # kopf's peer identity is the pod name; without it kopf needs a passwd entry for the uid.
+    assert env_of(container)["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_read_only_root_filesystem_pods_get_a_writable_tmp(helm: Helm) -> None:
+    for name, spec in pod_specs(helm.render(sets=["scriptedModel.enabled=true"])).items():
+        mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+        assert "/tmp" in mounts, name
+
+
+# --- RBAC -----------------------------------------------------------------------------------
+
+#: The operator's permissions, rule by rule; changing one is a deliberate act.
+EXPECTED_RULES = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+    ("", "namespaces"): {"list", "watch"},
+    ("codingjob.dev", "codingjobs"): {"get", "list", "watch", "patch", "update", "delete"},
+    ("codingjob.dev", "codingjobs/status"): {"get", "patch", "update"},
+    ("codingjob.dev", "codingjobs/finalizers"): {"update"},
+    ("", "pods"): {"get", "list", "watch", "create", "delete"},
+    ("", "pods/proxy"): {"get"},
+    ("", "services"): {"get", "create", "patch"},
+    ("", "persistentvolumeclaims"): {"get", "create", "delete"},
+    ("", "secrets"): {"get", "create", "patch", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+}
+PEERING_RULE = {("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
+
+
+def rules_of(manifests: list[Manifest]) -> dict[tuple[str, str], set[str]]:
+    rules: dict[tuple[str, str], set[str]] = {}
+    for rule in find(manifests, "ClusterRole")["rules"]:
+        assert "resourceNames" not in rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert (group, resource) not in rules, f"{group}/{resource} in two rules"
+                rules[(group, resource)] = set(rule["verbs"])
+    return rules
+
+
+def test_cluster_role_is_exactly_what_the_operator_uses(helm: Helm) -> None:
+    rules = rules_of(helm.render())
+    assert rules == EXPECTED_RULES
+    assert all("*" not in verbs for verbs in rules.values())
+
+
+def test_peering_adds_only_the_peering_rule(helm: Helm) -> None:
+    assert rules_of(helm.render([CI["peering-values"]])) == EXPECTED_RULES | PEERING_RULE
+
+
+def test_every_rbac_rule_is_commented_with_its_purpose() -> None:
+    lines = (CHART / "templates" / "clusterrole.yaml").read_text().splitlines()
+    rules = [i for i, line in enumerate(lines) if line.strip().startswith("- apiGroups:")]
+    assert len(rules) == len(EXPECTED_RULES) + len(PEERING_RULE)
+    for i in rules:
+        above = lines[i - 1].strip()
+        assert above.startswith("#") or above.startswith("{{- if"), lines[i]
+        if above.startswith("{{- if"):
+            assert lines[i - 2].strip().startswith("#"), lines[i]
+
+
+def test_the_role_is_bound_to_the_operators_service_account(helm: Helm) -> None:
+    manifests = helm.render([CI["namespaced-values"]])
+    binding = find(manifests, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == find(manifests, "ClusterRole")["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "codingjob-operator", "namespace": NAMESPACE}
+    ]
+    assert "ServiceAccount" not in kinds(manifests)
+    assert pod_specs(manifests)["cj"]["serviceAccountName"] == "codingjob-operator"
+
+
+def test_rbac_and_service_account_can_be_left_to_the_platform(helm: Helm) -> None:
+    manifests = helm.render(sets=["rbac.create=false", "serviceAccount.create=false"])
+    assert not kinds(manifests) & {"ClusterRole", "ClusterRoleBinding", "ServiceAccount"}
+
+
+# --- operator settings ----------------------------------------------------------------------
+
+
+def test_operator_settings_with_the_bundled_minio(helm: Helm) -> None:
+    manifests = helm.render()
+    assert operator_config(manifests) == {
+        "CODINGJOB_AGENT_IMAGE": "codingjob/agent:dev",
+        "CODINGJOB_OPERATOR_IMAGE": "codingjob/operator:dev",
+        "CODINGJOB_IMAGE_PULL_POLICY": "IfNotPresent",
+        "CODINGJOB_IMAGE_PULL_TIMEOUT_SECONDS": "300",
+        "CODINGJOB_STATS_INTERVAL_SECONDS": "5",
+        "CODINGJOB_STORAGE_ENDPOINT": f"codingjob-minio.{NAMESPACE}.svc:9000",
+        "CODINGJOB_STORAGE_PUBLIC_ENDPOINT": "http://localhost:9000",
+        "CODINGJOB_STORAGE_SECURE": "false",
+        "CODINGJOB_STORAGE_REGION": "us-east-1",
+        "CODINGJOB_STORAGE_BUCKET": "codingjob-artifacts",
+        "CODINGJOB_STORAGE_CREATE_BUCKET": "true",
+        "CODINGJOB_STORAGE_RETENTION": "Retain",
+    }
+    operator = pod_specs(manifests)["codingjob"]["containers"][0]
+    env = env_of(operator)
+    assert env["CODINGJOB_STORAGE_ACCESS_KEY"] == {
+        "secretKeyRef": {"name": "codingjob-storage", "key": "access-key"}
+    }
+    assert env["CODINGJOB_STORAGE_SECRET_KEY"] == {
+        "secretKeyRef": {"name": "codingjob-storage", "key": "secret-key"}
+    }
+
+
+def test_the_archiver_runs_the_operators_own_image(helm: Helm) -> None:
+    manifests = helm.render(sets=["image.repository=reg.example/op", "image.tag=1.2.3"])
+    assert operator_config(manifests)["CODINGJOB_OPERATOR_IMAGE"] == "reg.example/op:1.2.3"
+    assert pod_specs(manifests)["codingjob"]["containers"][0]["image"] == "reg.example/op:1.2.3"
+
+
+def test_an_empty_image_tag_means_the_app_version(helm: Helm) -> None:
+    manifests = helm.render(sets=["image.tag="])
+    assert pod_specs(manifests)["codingjob"]["containers"][0]["image"] == "codingjob/operator:0.1.0"
+
+
+def test_settings_roll_the_operator_pods(helm: Helm) -> None:
+    def checksum(*sets: str) -> str:
+        operator = find(helm.render(sets=sets), "Deployment", "codingjob")
+        value: str = operator["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        return value
+
+    assert checksum() != checksum("jobs.agentImage.tag=v2")
+
+
+def test_watch_namespaces(helm: Helm) -> None:
+    manifests = helm.render([CI["namespaced-values"]])
+    data = find(manifests, "ConfigMap")["data"]
+    assert data["CODINGJOB_WATCH_NAMESPACE"] == "team-a,team-b"
+    assert "CODINGJOB_WATCH_NAMESPACE" not in operator_config(helm.render())
+
+
+def test_verbose_and_extra_env(helm: Helm) -> None:
+    container = pod_specs(helm.render([CI["namespaced-values"]]))["cj"]["containers"][0]
+    assert "--verbose" in container["args"]
+    assert env_of(container)["TZ"] == "UTC"
+
+
+def test_standalone_operator_never_overlaps_with_its_successor(helm: Helm) -> None:
+    operator = find(helm.render(), "Deployment", "codingjob")
+    assert operator["spec"]["replicas"] == 1
+    assert operator["spec"]["strategy"] == {"type": "Recreate"}
+
+
+# --- object storage -------------------------------------------------------------------------
+
+
+def test_bundled_minio(helm: Helm) -> None:
+    manifests = helm.render()
+    minio = find(manifests, "Deployment", "codingjob-minio")
+    spec = minio["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    assert container["image"] == "codingjob/minio:dev"
+    assert container["command"][:3] == ["minio", "server", "/data"]
+    env = env_of(container)
+    assert env["MINIO_ROOT_USER"] == {
+        "secretKeyRef": {"name": "codingjob-storage", "key": "access-key"}
+    }
+    assert env["MINIO_ROOT_PASSWORD"] == {
+        "secretKeyRef": {"name": "codingjob-storage", "key": "secret-key"}
+    }
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "codingjob-minio"}
+    pvc = find(manifests, "PersistentVolumeClaim", "codingjob-minio")
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    service = find(manifests, "Service", "codingjob-minio")
+    assert service["spec"]["ports"] == [
+        {"name": "s3", "port": 9000, "targetPort": "s3", "protocol": "TCP"}
+    ]
+    # The selector picks MinIO only, not the operator of the same release.
+    selector = service["spec"]["selector"]
+    assert selector["app.kubernetes.io/component"] == "minio"
+    assert minio["spec"]["selector"]["matchLabels"] == selector
+    for m in (minio, service, pvc):
+        assert m["metadata"]["labels"]["app.kubernetes.io/component"] == "minio"
+
+
+def test_generated_credentials(helm: Helm) -> None:
+    secret = find(helm.render(), "Secret", "codingjob-storage")
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert set(data) == {"access-key", "secret-key"}
+    assert len(data["access-key"]) == 20 and data["access-key"].isalnum()
+    assert len(data["secret-key"]) == 40 and data["secret-key"].isalnum()
+    # Generated per install (kept across upgrades by a lookup of the installed Secret).
+    again = find(helm.render(cached=False), "Secret", "codingjob-storage")
+    assert again["data"]["secret-key"] != secret["data"]["secret-key"]
+
+
+def test_external_storage_turns_the_bundled_minio_off(helm: Helm) -> None:
+    manifests = helm.render([CI["external-storage-values"]])
+    assert not any(
+        m["metadata"]["labels"].get("app.kubernetes.io/component") == "minio"
+        for m in manifests
+        if m["kind"] != "CustomResourceDefinition"
+    )
+    assert "Secret" not in kinds(manifests)
+    config = operator_config(manifests)
+    assert config["CODINGJOB_STORAGE_ENDPOINT"] == "s3.eu-central-1.amazonaws.com:443"
+    assert config["CODINGJOB_STORAGE_PUBLIC_ENDPOINT"] == "https://s3.eu-central-1.amazonaws.com"
+    assert config["CODINGJOB_STORAGE_SECURE"] == "true"
+    assert config["CODINGJOB_STORAGE_RETENTION"] == "Delete"
+    assert config["CODINGJOB_STORAGE_CREATE_BUCKET"] == "false"
+    assert config["CODINGJOB_DEFAULT_MODEL_BASE_URL"] == "https://api.openai.com/v1"
+    assert config["CODINGJOB_IMAGE_PULL_POLICY"] == "Always"
+    env = env_of(pod_specs(manifests)["codingjob"]["containers"][0])
+    assert env["CODINGJOB_STORAGE_ACCESS_KEY"] == {
+        "secretKeyRef": {"name": "codingjob-s3", "key": "AWS_ACCESS_KEY_ID"}
+    }
+    assert env["CODINGJOB_STORAGE_SECRET_KEY"] == {
+        "secretKeyRef": {"name": "codingjob-s3", "key": "AWS_SECRET_ACCESS_KEY"}
+    }
+
+
+def test_no_storage_means_no_storage_settings(helm: Helm) -> None:
+    manifests = helm.render([CI["no-storage-values"]])
+    assert not kinds(manifests) & {"Secret", "PersistentVolumeClaim", "Service"}
+    assert not [k for k in operator_config(manifests) if k.startswith("CODINGJOB_STORAGE_")]
+    env = env_of(pod_specs(manifests)["codingjob"]["containers"][0])
+    assert not [k for k in env if k.startswith("CODINGJOB_STORAGE_")]
+
+
+def test_minio_without_persistence_and_with_console(helm: Helm) -> None:
+    manifests = helm.render([CI["namespaced-values"]])
+    assert "PersistentVolumeClaim" not in kinds(manifests)
+    spec = pod_specs(manifests)["cj-minio"]
+    assert {v["name"]: v for v in spec["volumes"]}["data"] == {"name": "data", "emptyDir": {}}
+    ports = find(manifests, "Service", "cj-minio")["spec"]["ports"]
+    assert [p["port"] for p in ports] == [9000, 9001]
+    assert env_of(spec["containers"][0])["MINIO_BROWSER"] == "on"
+
+
+# --- scripted model -------------------------------------------------------------------------
+
+
+def test_scripted_model_is_off_by_default(helm: Helm) -> None:
+    manifests = helm.render()
+    assert not [m for m in manifests if m["metadata"]["name"] == "scripted-model"]
+    config = operator_config(manifests)
+    assert "CODINGJOB_DEFAULT_MODEL_BASE_URL" not in config
+    assert "CODINGJOB_DEFAULT_MODEL_NAME" not in config
+
+
+def test_scripted_model_for_the_demo(helm: Helm) -> None:
+    manifests = helm.render([CI["demo-values"]])
+    deployment = find(manifests, "Deployment", "scripted-model")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "codingjob/agent:dev"
+    assert container["command"] == [
+        "codingjob-scripted-model",
+        "--host=0.0.0.0",
+        "--port=8000",
+    ]
+    assert env_of(container)["CODINGJOB_SCRIPTED_MODEL_TURN_DELAY_SECONDS"] == "2"
+    service = find(manifests, "Service", "scripted-model")
+    assert service["spec"]["ports"][0]["port"] == 8000
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "scripted-model"
+    # CodingJobs without a model use the scripted one.
+    config = operator_config(manifests)
+    assert config["CODINGJOB_DEFAULT_MODEL_BASE_URL"] == (
+        f"http://scripted-model.{NAMESPACE}.svc:8000/v1"
+    )
+    assert config["CODINGJOB_DEFAULT_MODEL_NAME"] == "scripted-demo-model"
+
+
+def test_an_explicit_default_model_wins_over_the_scripted_one(helm: Helm) -> None:
+    manifests = helm.render(
+        sets=[
+            "scriptedModel.enabled=true",
+            "defaultModel.baseURL=https://llm.example.com/v1",
+            "defaultModel.name=big-model",
+        ]
+    )
+    config = operator_config(manifests)
+    assert config["CODINGJOB_DEFAULT_MODEL_BASE_URL"] == "https://llm.example.com/v1"
+    assert config["CODINGJOB_DEFAULT_MODEL_NAME"] == "big-model"
+
+
+# --- peering --------------------------------------------------------------------------------
+
+
+def test_peering(helm: Helm) -> None:
+    manifests = helm.render([CI["peering-values"]])
+    peering = find(manifests, "ClusterKopfPeering")
+    assert peering["apiVersion"] == "kopf.dev/v1"
+    assert peering["metadata"]["name"] == "codingjob-ha"
+    operator = find(manifests, "Deployment", "codingjob")
+    assert operator["spec"]["replicas"] == 2
+    # Peers take over from each other: a rolling update is safe.
+    assert "strategy" not in operator["spec"]
+    args = operator["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--peering=codingjob-ha" in args
+
+
+def test_no_peering_object_without_peering(helm: Helm) -> None:
+    assert "ClusterKopfPeering" not in kinds(helm.render())
+
+
+# --- refused configurations -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["replicas=2"], "replicas > 1 needs peering.enabled"),
+        (["storage.endpoint=s3.example.com:443"], "needs storage.existingSecret"),
+        (
+            ["peering.enabled=true", "watchNamespaces={a}"],
+            "peering.enabled works cluster-wide only",
+        ),
+    ],
+)
+def test_inconsistent_values_are_refused(helm: Helm, sets: list[str], message: str) -> None:
+    assert message in helm.render_error(sets=sets)
+
+
+# --- NOTES.txt ------------------------------------------------------------------------------
+
+
+def test_notes_with_the_bundled_minio_and_the_scripted_model(helm: Helm, tmp_path: Path) -> None:
+    notes = render_notes(helm, tmp_path, ["scriptedModel.enabled=true"])
+    assert "kubectl apply -f crds/samples/todo-app.yaml" in notes
+    assert "kubectl get codingjobs -w" in notes
+    # `kubectl get cj` would list CronJobs: the notes name the CRD's own short name.
+    crd = yaml.safe_load((CHART / "crds" / "codingjob.yaml").read_text())
+    assert f"The short name is {crd['spec']['names']['shortNames'][0]} " in notes
+    assert "kubectl port-forward svc/todo-app-desktop 6080:6080" in notes
+    assert "{.data.vnc-password}" in notes
+    assert f"kubectl -n {NAMESPACE} port-forward svc/codingjob-minio 9000:9000" in notes
+    assert "kubectl get codingjobs -o wide" in notes
+    assert "TEST FIXTURE" in notes
+    assert f"baseURL: http://scripted-model.{NAMESPACE}.svc:8000/v1" in notes
+
+
+def test_notes_without_storage_say_there_is_no_download_url(helm: Helm, tmp_path: Path) -> None:
+    notes = render_notes(helm, tmp_path, ["minio.enabled=false"])
+    assert "no download URL" in notes
+    assert "port-forward svc/codingjob-minio" not in notes
+    assert "TEST FIXTURE" not in notes
+    # Without a default model the inline example names one.
+    assert "apiKeySecretRef" in notes
+
+
+def test_notes_with_external_storage(helm: Helm, tmp_path: Path) -> None:
+    notes = render_notes(
+        helm,
+        tmp_path,
+        [
+            "storage.endpoint=s3.example.com:443",
+            "storage.existingSecret=s3",
+            "storage.publicEndpoint=https://s3.example.com",
+            "watchNamespaces={team-a}",
+        ],
+    )
+    assert "signed for https://s3.example.com" in notes
+    assert "port-forward svc/codingjob-minio" not in notes
+    assert "It handles CodingJobs in: team-a." in notes
