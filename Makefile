@@ -46,6 +46,10 @@ fmt: venv ## Format the Python code.
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+.PHONY: crd
+crd: venv ## Regenerate crds/codingjob.yaml from the pydantic models (a unit test checks it).
+	$(PY) -m codingjob_operator.crd > crds/codingjob.yaml
+
 ##@ Tests
 
 .PHONY: test
@@ -81,6 +85,42 @@ cluster-status: ## Show what of the local cluster is running.
 images: ## Build the base, agent and operator images and load them into the cluster.
 	hack/images.sh
 
+.PHONY: tools
+tools: ## Build (once; then cached) Kubernetes, etcd, CoreDNS, pause, helm, MinIO from source.
+	hack/cluster/build.sh all
+
 ##@ Benchmarks
 
+.PHONY: bench-agent
+bench-agent: venv ## Agent overhead per step without the model, vs a bare `bash -c true`.
+	$(PY) agent-image/benchmarks/bench_agent.py
+
+.PHONY: bench-operator
+bench-operator: venv cluster-up ## 200 CodingJobs vs 200 Jobs at once: create-to-pod p50/p99 ratio, operator memory.
+	KUBECONFIG=$${KUBECONFIG:-$${CODINGJOB_CLUSTER_DIR:-/var/lib/codingjob-cluster}/kubeconfig} $(PY) bench/operator/bench_operator.py
+
+.PHONY: bench-archive
+bench-archive: venv ## 1 GiB / 20,000-file workspace: archiver streaming to MinIO vs `zip -r` + upload; ratio, peak memory.
+	nice $(PY) bench/archive/run.py
+
+.PHONY: bench-context
+bench-context: venv ## Sidecar at 1M tokens: 1 KiB append vs full re-count, prune time, resident memory.
+	nice $(PY) bench/context/bench_context.py
+
+##@ Chart
+
+.PHONY: chart-sync
+chart-sync: ## Copy crds/codingjob.yaml into the chart's crds/ (one source for the CRD).
+	hack/chart-sync.sh
+
+.PHONY: chart-lint
+chart-lint: chart-sync ## helm lint the chart with the default values and every ci/ values file.
+	helm="$$(hack/cluster/build.sh helm)"; chart=charts/codingjob-operator; \
+	"$$helm" lint --strict --kube-version 1.34.0 "$$chart"; \
+	for f in "$$chart"/ci/*.yaml; do "$$helm" lint --strict --kube-version 1.34.0 "$$chart" -f "$$f"; done
+
 ##@ Demo
+
+.PHONY: demo
+demo: ## The main job in one command: cluster, images, chart, todo-app CodingJob, downloaded ZIP.
+	hack/demo.sh

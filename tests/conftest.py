@@ -2,4 +2,7 @@
 
 pytest_plugins: list[str] = [
     # Each module under tests/fixtures/ provides the fixtures for one real service.
+    "tests.fixtures.cluster",
+    "tests.fixtures.scripted_model",
+    "tests.fixtures.minio",
 ]

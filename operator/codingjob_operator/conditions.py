@@ -1,0 +1,130 @@
+"""Phases, condition types and reasons of a CodingJob, and the function that sets one."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    """The coarse lifecycle state in `kubectl get codingjobs`; conditions carry the details."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    ARCHIVING = "Archiving"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+    @property
+    def finished(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+# Condition types.
+READY = "Ready"  # the agent pod runs and its sidecar is healthy
+SUSPENDED = "Suspended"
+COMPLETE = "Complete"  # the job finished (either way); reason says how
+ARCHIVED = "Archived"  # the workspace ZIP is confirmed in object storage
+BUDGET_EXCEEDED = "BudgetExceeded"  # the sidecar refused a step: token budget spent
+
+# Reasons (CamelCase, as Kubernetes wants them).
+CREATED = "Created"
+POD_PENDING = "PodPending"
+POD_RUNNING = "PodRunning"
+POD_DELETED = "PodDeleted"
+POD_LOST = "PodLost"
+SUSPENDED_BY_USER = "SuspendedByUser"
+RESUMED = "Resumed"
+AGENT_TERMINATED = "AgentTerminated"
+COMPLETED = "Completed"
+AGENT_ERROR = "AgentError"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+SECRET_NOT_FOUND = "SecretNotFound"
+SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
+INVALID_IMAGE = "InvalidImage"
+IMAGE_PULL_FAILED = "ImagePullFailed"
+CREATE_CONTAINER_FAILED = "CreateContainerFailed"
+SIDECAR_FAILED = "SidecarFailed"
+MODEL_NOT_CONFIGURED = "ModelNotConfigured"
+INVALID_SPEC = "InvalidSpec"
+ARCHIVING = "Archiving"
+ARCHIVE_CONFIRMED = "ArchiveConfirmed"
+ARCHIVE_FAILED = "ArchiveFailed"
+ARCHIVE_MISMATCH = "ArchiveMismatch"
+STORAGE_UNAVAILABLE = "StorageUnavailable"
+STORAGE_NOT_CONFIGURED = "StorageNotConfigured"
+MODEL_ENDPOINT_UNRESOLVED = "ModelEndpointUnresolved"
+TTL_EXPIRED = "TTLExpired"
+URL_REFRESHED = "URLRefreshed"
+NOT_REQUESTED = "NotRequested"
+WITHIN_BUDGET = "WithinBudget"
+TOKEN_BUDGET_SPENT = "TokenBudgetSpent"
+
+
+@dataclass(frozen=True)
+class ConditionUpdate:
+    """A condition the reconciler wants; :func:`set_condition` fills in the timestamps."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str = ""
+
+
+def _status_str(value: bool) -> str:
+    return "True" if value else "False"
+
+
+def set_condition(
+    conditions: Sequence[dict[str, object]],
+    update: ConditionUpdate,
+    *,
+    now: datetime.datetime,
+    generation: int | None,
+) -> list[dict[str, object]]:
+    """Return ``conditions`` with ``update`` applied; lastTransitionTime moves only when the
+    condition's status changes (Kubernetes API conventions)."""
+    status = _status_str(update.status)
+    result: list[dict[str, object]] = []
+    found = False
+    for existing in conditions:
+        if existing.get("type") != update.type:
+            result.append(dict(existing))
+            continue
+        found = True
+        transition = existing.get("lastTransitionTime")
+        if existing.get("status") != status or not transition:
+            transition = format_time(now)
+        result.append(_condition(update, status, transition, generation))
+    if not found:
+        result.append(_condition(update, status, format_time(now), generation))
+    return result
+
+
+def _condition(
+    update: ConditionUpdate, status: str, transition: object, generation: int | None
+) -> dict[str, object]:
+    condition: dict[str, object] = {
+        "type": update.type,
+        "status": status,
+        "reason": update.reason,
+        "message": update.message,
+        "lastTransitionTime": transition,
+    }
+    if generation is not None:
+        condition["observedGeneration"] = generation
+    return condition
+
+
+def find_condition(conditions: Sequence[dict[str, object]], type_: str) -> dict[str, object] | None:
+    """The condition of that type, or None."""
+    return next((c for c in conditions if c.get("type") == type_), None)
+
+
+def format_time(moment: datetime.datetime) -> str:
+    """RFC 3339 in UTC with second precision, as Kubernetes writes timestamps."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,37 @@
+"""Operator configuration from the environment (``CODINGJOB_*``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from codingjob_operator.storage import StorageSettings
+
+
+def _storage_from_env() -> StorageSettings | None:
+    # Without credentials there is no archive: finished jobs keep their workspace PVC instead.
+    if not os.environ.get("CODINGJOB_STORAGE_ACCESS_KEY"):
+        return None
+    return StorageSettings()
+
+
+class OperatorConfig(BaseSettings):
+    """Images, defaults and object storage of the operator, read once at startup."""
+
+    model_config = SettingsConfigDict(env_prefix="CODINGJOB_", extra="ignore")
+
+    agent_image: str = "codingjob/agent:dev"
+    #: The operator's own image; the archiver Job runs it.
+    operator_image: str = "codingjob/operator:dev"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    #: Used when a CodingJob omits spec.model.baseURL / spec.model.name.
+    default_model_base_url: str | None = None
+    default_model_name: str | None = None
+    #: A pod stuck pulling its image this long fails the job (ImagePullFailed).
+    image_pull_timeout_seconds: int = Field(300, ge=10)
+    #: How often a running job's sidecar stats are read.
+    stats_interval_seconds: float = Field(5.0, gt=0)
+    storage: StorageSettings | None = Field(default_factory=_storage_from_env)

@@ -1,0 +1,180 @@
+"""kopf handlers: wiring only. Each CodingJob gets a daemon that runs reconcile passes (see
+:mod:`codingjob_operator.reconciler`); watch events on the job, its pods and its archiver Job wake
+the daemon early. Run with ``kopf run -m codingjob_operator.handlers`` or ``codingjob-operator``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import logging
+from collections import defaultdict
+from typing import Any
+
+import kopf
+
+from codingjob_operator import names
+from codingjob_operator.config import OperatorConfig
+from codingjob_operator.kube import KubeError, default_kube
+from codingjob_operator.models import GROUP, PLURAL, VERSION
+from codingjob_operator.reconciler import MAX_DELAY, Reconciler, RetryLater
+from codingjob_operator.storage import (
+    ArtifactStore,
+    PermanentStorageError,
+    TransientStorageError,
+)
+
+FINALIZER = "codingjob.dev/finalizer"
+ANNOTATIONS_PREFIX = "codingjob.dev"
+CHILD_LABELS = {names.MANAGED_BY_LABEL: names.MANAGED_BY, names.NAME_LABEL: names.APP_NAME}
+RECONCILE_WORKERS = 16
+ERROR_BACKOFF = (5.0, 10.0, 30.0, 60.0, 120.0, MAX_DELAY)
+
+
+class Wakeups:
+    """One asyncio.Event per CodingJob, keyed by (namespace, job label value)."""
+
+    def __init__(self) -> None:
+        self._events: dict[tuple[str, str], asyncio.Event] = defaultdict(asyncio.Event)
+
+    def event(self, namespace: str, job: str) -> asyncio.Event:
+        return self._events[(namespace, names.label_value(job))]
+
+    def wake(self, namespace: str | None, job_label: str | None) -> None:
+        if namespace and job_label and (namespace, job_label) in self._events:
+            self._events[(namespace, job_label)].set()
+
+    def forget(self, namespace: str, job: str) -> None:
+        self._events.pop((namespace, names.label_value(job)), None)
+
+
+@kopf.on.startup()
+def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    """Set kopf's bookkeeping to the project's own prefixes and build the shared clients."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATIONS_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATIONS_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.enabled = True
+    # Our own transitions post events explicitly; kopf's per-handler chatter stays in the log.
+    settings.posting.level = logging.WARNING
+    config = OperatorConfig()
+    store = ArtifactStore(config.storage) if config.storage is not None else None
+    if store is None:
+        logging.getLogger(__name__).warning(
+            "CODINGJOB_STORAGE_* not set: finished jobs are not archived, workspaces are kept"
+        )
+    memo.reconciler = Reconciler(default_kube(), config, store)
+    memo.wakeups = Wakeups()
+    # Reconcile passes block on API and storage calls; a pool of their own keeps them from
+    # starving other work of the default executor.
+    memo.executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=RECONCILE_WORKERS, thread_name_prefix="reconcile"
+    )
+
+
+@kopf.on.cleanup()
+def shutdown(*, memo: Any, **_: Any) -> None:
+    """Let running passes finish and release the pool."""
+    if getattr(memo, "executor", None) is not None:
+        memo.executor.shutdown(wait=True, cancel_futures=True)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+async def supervise(
+    *,
+    namespace: str | None,
+    name: str,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    logger: Any,
+    **_: Any,
+) -> None:
+    """Reconcile the CodingJob until it is deleted: at the requested delay or when woken."""
+    assert namespace is not None  # CodingJobs are namespaced
+    reconciler: Reconciler = memo.reconciler
+    wakeup = memo.wakeups.event(namespace, name)
+    failures = 0
+    try:
+        while not stopped:
+            wakeup.clear()
+            try:
+                # A copy of the context carries kopf's event-posting state into the thread.
+                context = contextvars.copy_context()
+                result = await asyncio.get_running_loop().run_in_executor(
+                    memo.executor, context.run, reconciler.reconcile, namespace, name
+                )
+                delay, failures = result.delay, 0
+            except (RetryLater, KubeError, TransientStorageError) as error:
+                delay = ERROR_BACKOFF[min(failures, len(ERROR_BACKOFF) - 1)]
+                failures += 1
+                logger.warning(f"reconcile failed, retrying in {delay:.0f}s: {error}")
+            except Exception:
+                delay = ERROR_BACKOFF[min(failures, len(ERROR_BACKOFF) - 1)]
+                failures += 1
+                logger.exception(f"reconcile crashed, retrying in {delay:.0f}s")
+            # After a failure, wake-ups (often our own status patch) must not cut the backoff.
+            await _sleep(wakeup if failures == 0 else None, stopped, max(0.5, delay))
+    finally:
+        memo.wakeups.forget(namespace, name)
+
+
+async def _sleep(wakeup: asyncio.Event | None, stopped: kopf.DaemonStopped, delay: float) -> None:
+    """Sleep until ``delay`` passed, the job was woken, or the daemon must stop."""
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stopped.wait())]
+    if wakeup is not None:
+        waits.append(asyncio.ensure_future(wakeup.wait()))
+    try:
+        await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def codingjob_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    """A spec change (suspend, resume) is acted on at once, not at the next timed pass."""
+    memo.wakeups.wake(namespace, names.label_value(name))
+
+
+@kopf.on.event("v1", "pods", labels=CHILD_LABELS)
+async def pod_changed(*, namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    """The agent pod or an archiver pod changed: reconcile its CodingJob now (async: the
+    wake-up events belong to the event loop and are not thread-safe)."""
+    memo.wakeups.wake(namespace, labels.get(names.JOB_LABEL))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
+async def job_changed(*, namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    """The archiver Job changed: reconcile its CodingJob now."""
+    memo.wakeups.wake(namespace, labels.get(names.JOB_LABEL))
+
+
+def _deletes_objects(*, memo: Any, **_: Any) -> bool:
+    reconciler: Reconciler = memo.reconciler
+    storage = reconciler.config.storage
+    return storage is not None and storage.retention == "Delete"
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=_deletes_objects)
+def delete_archive(
+    *, namespace: str | None, name: str, uid: str, memo: Any, logger: Any, **_: Any
+) -> None:
+    """With retention Delete, the archive objects go with the CodingJob."""
+    reconciler: Reconciler = memo.reconciler
+    if reconciler.store is None or namespace is None:
+        return
+    prefix = names.archive_prefix(namespace, name, uid)
+    try:
+        count = reconciler.store.delete_prefix(prefix)
+    except TransientStorageError as error:
+        raise kopf.TemporaryError(f"object storage unavailable: {error}", delay=30) from error
+    except PermanentStorageError as error:
+        # Do not block the deletion forever; the objects stay and the log says so.
+        logger.error(f"could not delete s3://{reconciler.store.bucket}/{prefix}: {error}")
+        return
+    logger.info(f"deleted {count} objects under s3://{reconciler.store.bucket}/{prefix}")

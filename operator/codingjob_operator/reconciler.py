@@ -1,0 +1,488 @@
+"""One reconcile pass over a CodingJob: observe the children, derive the status, act.
+
+Synchronous (the Kubernetes and storage clients block); the kopf daemon runs it in a thread.
+The order is always: patch the status first, post events, then act, so a crash between two steps
+leaves a status from which the next pass continues (every action is idempotent).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+import secrets
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import kopf
+from pydantic import ValidationError
+
+from codingjob_operator import builders, names
+from codingjob_operator import conditions as c
+from codingjob_operator.config import OperatorConfig
+from codingjob_operator.kube import InvalidObject, Kube, KubeError
+from codingjob_operator.models import API_VERSION, KIND, CodingJobSpec, EgressMode
+from codingjob_operator.status import (
+    Action,
+    ArchiveReport,
+    Decision,
+    Observation,
+    StatsMessage,
+    StorageResult,
+    StorageState,
+    archive_view,
+    derive_status,
+    parse_archive_message,
+    pod_view,
+)
+from codingjob_operator.storage import (
+    ArtifactStore,
+    PermanentStorageError,
+    StorageSettings,
+    TransientStorageError,
+)
+
+log = logging.getLogger(__name__)
+
+_SERVICE_HOST = re.compile(r"^([a-z0-9-]+)\.([a-z0-9-]+)\.svc(\.[a-z0-9.-]+)?$")
+#: Refresh a download URL when less than this fraction of its lifetime is left.
+URL_REFRESH_FRACTION = 0.1
+MAX_DELAY = 300.0
+
+
+class RetryLater(Exception):
+    """A condition that resolves by itself (DNS, storage outage); retry with backoff."""
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """When the next pass should run, in seconds."""
+
+    delay: float
+
+
+def storage_env(settings: StorageSettings) -> dict[str, str]:
+    """The archiver's CODINGJOB_STORAGE_* environment, copied from the operator's settings."""
+    env = {
+        "CODINGJOB_STORAGE_ENDPOINT": settings.endpoint,
+        "CODINGJOB_STORAGE_ACCESS_KEY": settings.access_key.get_secret_value(),
+        "CODINGJOB_STORAGE_SECRET_KEY": settings.secret_key.get_secret_value(),
+        "CODINGJOB_STORAGE_SECURE": str(settings.secure).lower(),
+        "CODINGJOB_STORAGE_REGION": settings.region,
+        "CODINGJOB_STORAGE_BUCKET": settings.bucket,
+        "CODINGJOB_STORAGE_CREATE_BUCKET": str(settings.create_bucket).lower(),
+    }
+    return env
+
+
+def resolve_model_peers(
+    base_url: str,
+    read_service: Callable[[str, str], Mapping[str, Any] | None],
+    getaddrinfo: Callable[..., list[Any]] = socket.getaddrinfo,
+) -> list[builders.EgressPeer]:
+    """Where the NetworkPolicy must let the sandbox reach the model endpoint.
+
+    A cluster Service (``name.namespace.svc``) is allowed by its pods (policies match pod IPs
+    after the Service's address translation, so its ClusterIP alone would not do); any other
+    host by its current addresses as /32 (/128) blocks on the URL's port.
+    """
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    match = _SERVICE_HOST.match(host)
+    if match:
+        service = read_service(match.group(2), match.group(1))
+        spec = (service or {}).get("spec") or {}
+        if spec.get("selector"):
+            target_ports: list[int | str] = [
+                p.get("targetPort") or p["port"]
+                for p in spec.get("ports") or []
+                if p.get("port") == port
+            ]
+            cluster_ip = spec.get("clusterIP")
+            return [
+                builders.EgressPeer(
+                    cidrs=(f"{cluster_ip}/32",) if cluster_ip and cluster_ip != "None" else (),
+                    namespace=match.group(2),
+                    pod_selector=dict(spec["selector"]),
+                    ports=(*target_ports, port) if target_ports else (port,),
+                )
+            ]
+    try:
+        infos = getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except OSError as error:
+        raise RetryLater(f"cannot resolve the model host {host!r}: {error}") from error
+    cidrs = sorted({f"{info[4][0]}/{128 if ':' in info[4][0] else 32}" for info in infos})
+    return [builders.EgressPeer(cidrs=tuple(cidrs), ports=(port,))]
+
+
+def _owner(obj: Mapping[str, Any]) -> kopf.Body:
+    meta = obj["metadata"]
+    raw = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+            "labels": dict(meta.get("labels") or {}),
+        },
+    }
+    return kopf.Body(cast(kopf.RawBody, raw))
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+
+
+class Reconciler:
+    """Runs reconcile passes with one set of clients and settings."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        config: OperatorConfig,
+        store: ArtifactStore | None,
+        *,
+        clock: Callable[[], datetime.datetime] = _now,
+    ) -> None:
+        self.kube = kube
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.images = builders.Images(
+            agent=config.agent_image,
+            operator=config.operator_image,
+            pull_policy=config.image_pull_policy,
+        )
+
+    # Entry point.
+
+    def reconcile(self, namespace: str, name: str) -> PassResult:
+        """One pass; returns when the next should run at the latest."""
+        obj = self.kube.read_codingjob(namespace, name)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return PassResult(MAX_DELAY)
+        owner = _owner(obj)
+        status: dict[str, Any] = dict(obj.get("status") or {})
+        try:
+            spec = CodingJobSpec.model_validate(obj.get("spec") or {})
+        except ValidationError as error:
+            # The CRD schema should have caught it; a stale CRD may not have.
+            if status.get("phase") not in ("Succeeded", "Failed"):
+                self._patch(
+                    namespace,
+                    name,
+                    {"phase": "Failed", "reason": c.INVALID_SPEC, "message": str(error)[:1024]},
+                )
+            return PassResult(MAX_DELAY)
+        job = builders.JobRef(name=name, namespace=namespace, uid=obj["metadata"]["uid"])
+        obs = self._observe(job, spec, status, obj["metadata"].get("generation"))
+        decision = derive_status(obs)
+        # Storage answers feed a second derivation within the same pass.
+        if Action.CHECK_STORAGE in decision.actions or Action.CONFIRM_ARCHIVE in decision.actions:
+            obs = replace(obs, storage=self._storage(job, decision, obs))
+            decision = derive_status(obs)
+        self._apply(owner, job, spec, obs, decision)
+        return PassResult(self._next_delay(job, spec, {**status, **decision.patch}))
+
+    # Observe.
+
+    def _observe(
+        self,
+        job: builders.JobRef,
+        spec: CodingJobSpec,
+        status: Mapping[str, Any],
+        generation: int | None,
+    ) -> Observation:
+        n = job.names
+        raw_pod = self.kube.read_pod(job.namespace, n.pod)
+        pod = pod_view(raw_pod) if raw_pod is not None else None
+        phase = status.get("phase")
+        archive = None
+        if phase == "Archiving":
+            raw_job = self.kube.read_job(job.namespace, n.archive_job)
+            if raw_job is not None:
+                pods = self.kube.list_pods(job.namespace, names.selector(job.name, "archiver"))
+                archive = archive_view(raw_job, pods)
+        semantic = None
+        if pod is None and phase not in ("Archiving", "Succeeded", "Failed") and not spec.suspend:
+            semantic = self._semantic_error(job, spec)
+        stats = None
+        if pod is not None and pod.agent is not None and pod.agent.running:
+            stats = self._stats(job)
+        return Observation(
+            spec=spec,
+            status=status,
+            generation=generation,
+            now=self.clock(),
+            pod=pod,
+            archive=archive,
+            semantic_error=semantic,
+            stats=stats,
+            image_pull_timeout=datetime.timedelta(seconds=self.config.image_pull_timeout_seconds),
+        )
+
+    def _semantic_error(self, job: builders.JobRef, spec: CodingJobSpec) -> tuple[str, str] | None:
+        """A problem in the spec that waiting cannot fix, found before the pod is made."""
+        if not (spec.model.base_url or self.config.default_model_base_url):
+            return (
+                c.MODEL_NOT_CONFIGURED,
+                "spec.model.baseURL is unset and the operator has no default",
+            )
+        if not (spec.model.name or self.config.default_model_name):
+            return (
+                c.MODEL_NOT_CONFIGURED,
+                "spec.model.name is unset and the operator has no default",
+            )
+        ref = spec.model.api_key_secret_ref
+        if ref is not None:
+            keys = self.kube.secret_keys(job.namespace, ref.name)
+            if keys is None:
+                return c.SECRET_NOT_FOUND, (
+                    f"Secret {ref.name!r} (spec.model.apiKeySecretRef) not found in namespace "
+                    f"{job.namespace!r}"
+                )
+            if ref.key not in keys:
+                return c.SECRET_KEY_NOT_FOUND, (
+                    f"Secret {ref.name!r} has no key {ref.key!r} (spec.model.apiKeySecretRef)"
+                )
+        return None
+
+    def _stats(self, job: builders.JobRef) -> StatsMessage | None:
+        try:
+            body = self.kube.pod_proxy_get(
+                job.namespace, job.names.pod, builders.STATS_PORT, "/stats"
+            )
+            return StatsMessage.model_validate_json(body)
+        except (KubeError, ValidationError, ValueError) as error:
+            # Progress is best effort: a sidecar that is still starting must not fail the job.
+            log.debug("no stats from %s/%s: %s", job.namespace, job.names.pod, error)
+            return None
+
+    def _storage(self, job: builders.JobRef, decision: Decision, obs: Observation) -> StorageResult:
+        if self.store is None:
+            return StorageResult(
+                StorageState.NOT_CONFIGURED,
+                "object storage is not configured (CODINGJOB_STORAGE_*); the workspace PVC is kept",
+            )
+        try:
+            if Action.CHECK_STORAGE in decision.actions:
+                self.store.ensure_bucket()
+                return StorageResult(StorageState.OK)
+            return self._confirm(job, obs)
+        except TransientStorageError as error:
+            return StorageResult(StorageState.TRANSIENT, f"object storage unavailable: {error}")
+        except PermanentStorageError as error:
+            return StorageResult(StorageState.PERMANENT, f"object storage error: {error}")
+
+    def _confirm(self, job: builders.JobRef, obs: Observation) -> StorageResult:
+        assert self.store is not None
+        report = parse_archive_message(obs.archive.termination_message if obs.archive else None)
+        if not isinstance(report, ArchiveReport):
+            return StorageResult(StorageState.MISMATCH, "the archiver left no report")
+        key = names.archive_key(job.namespace, job.name, job.uid)
+        if report.key != key or report.bucket != self.store.bucket:
+            return StorageResult(
+                StorageState.MISMATCH, f"archiver reported {report.bucket}/{report.key}"
+            )
+        info = self.store.stat(key)
+        if info is None:
+            return StorageResult(StorageState.MISMATCH, f"s3://{report.bucket}/{key} is missing")
+        if info.size != report.size or (info.sha256 and info.sha256 != report.sha256):
+            return StorageResult(
+                StorageState.MISMATCH,
+                f"s3://{report.bucket}/{key}: stored size {info.size} sha256 {info.sha256}, "
+                f"archiver reported size {report.size} sha256 {report.sha256}",
+            )
+        expiry = datetime.timedelta(seconds=obs.spec.artifacts.url_expiry_seconds)
+        url, expires_at = self.store.presign_get(key, expiry)
+        artifact: dict[str, Any] = {
+            "bucket": report.bucket,
+            "key": key,
+            "size": report.size,
+            "sha256": report.sha256,
+            "files": report.files,
+            "url": url,
+            "urlExpiresAt": c.format_time(expires_at),
+        }
+        if report.transcript_key:
+            artifact["transcriptKey"] = report.transcript_key
+        return StorageResult(StorageState.OK, artifact=artifact)
+
+    # Act.
+
+    def _patch(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        if patch:
+            self.kube.patch_codingjob_status(namespace, name, dict(patch))
+
+    def _apply(
+        self,
+        owner: kopf.Body,
+        job: builders.JobRef,
+        spec: CodingJobSpec,
+        obs: Observation,
+        decision: Decision,
+    ) -> None:
+        self._patch(job.namespace, job.name, decision.patch)
+        for event in decision.events:
+            kopf.event(owner, type=event.type, reason=event.reason, message=event.message)
+        for action in decision.actions:
+            if action == Action.ENSURE_CHILDREN:
+                self._ensure_children(owner, job, spec, obs)
+            elif action == Action.DELETE_POD:
+                self.kube.delete("Pod", job.namespace, job.names.pod)
+            elif action == Action.START_ARCHIVE:
+                self._start_archive(owner, job)
+            elif action == Action.DELETE_ARCHIVE_JOB:
+                self.kube.delete("Job", job.namespace, job.names.archive_job)
+            elif action == Action.CLEANUP:
+                # Only now, with the archive confirmed in storage, may the workspace go.
+                self.kube.delete("Pod", job.namespace, job.names.pod)
+                self.kube.delete("Job", job.namespace, job.names.archive_job)
+                self.kube.delete("Secret", job.namespace, job.names.archive_secret)
+                self.kube.delete("PersistentVolumeClaim", job.namespace, job.names.workspace)
+
+    def _adopt(self, owner: kopf.Body, manifest: dict[str, Any]) -> dict[str, Any]:
+        # Owner references make the garbage collector remove every child with the CodingJob.
+        kopf.adopt(manifest, owner=owner)
+        return manifest
+
+    def _ensure_children(
+        self, owner: kopf.Body, job: builders.JobRef, spec: CodingJobSpec, obs: Observation
+    ) -> None:
+        model = builders.ModelEndpoint(
+            base_url=spec.model.base_url or self.config.default_model_base_url or "",
+            name=spec.model.name or self.config.default_model_name or "",
+        )
+        peers: list[builders.EgressPeer] = []
+        if spec.network.egress == EgressMode.RESTRICTED:
+            try:
+                peers = resolve_model_peers(model.base_url, self.kube_read_service)
+            except RetryLater as error:
+                # No pod without its egress rule; say why the job waits, then retry later.
+                ready = c.ConditionUpdate(c.READY, False, c.MODEL_ENDPOINT_UNRESOLVED, str(error))
+                conditions = c.set_condition(
+                    obs.status.get("conditions") or [],
+                    ready,
+                    now=obs.now,
+                    generation=obs.generation,
+                )
+                if conditions != list(obs.status.get("conditions") or []):
+                    self._patch(job.namespace, job.name, {"conditions": conditions})
+                raise
+        # Generated here, stored once: a 409 on later passes keeps the first values.
+        session = builders.session_secret(
+            job, vnc_password=secrets.token_urlsafe(6)[:8], jupyter_token=secrets.token_hex(24)
+        )
+        self.kube.ensure(self._adopt(owner, session))
+        self.kube.ensure(self._adopt(owner, builders.workspace_pvc(job, spec)))
+        service = builders.desktop_service(job, spec)
+        if service is not None:
+            self.kube.ensure(self._adopt(owner, service), update=True)
+        policy = builders.network_policy(job, spec, model_peers=peers)
+        self.kube.ensure(self._adopt(owner, policy), update=True)
+        pod = builders.agent_pod(job, spec, images=self.images, model=model)
+        try:
+            created = self.kube.ensure(self._adopt(owner, pod))
+        except InvalidObject as error:
+            # The API server refused the pod (e.g. an image reference it cannot parse): a spec
+            # problem that retrying cannot fix.
+            patch = derive_status(replace(obs, semantic_error=(c.INVALID_SPEC, str(error)[:1024])))
+            self._patch(job.namespace, job.name, patch.patch)
+            for event in patch.events:
+                kopf.event(owner, type=event.type, reason=event.reason, message=event.message)
+            return
+        if created:
+            ports = [{"name": n, "port": p} for n, p in builders.desktop_ports(spec)]
+            service_status = {"name": job.names.service, "ports": ports} if ports else None
+            self._patch(
+                job.namespace, job.name, {"podName": job.names.pod, "service": service_status}
+            )
+
+    def kube_read_service(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self.kube.read_service(namespace, name)
+
+    def _start_archive(self, owner: kopf.Body, job: builders.JobRef) -> None:
+        assert self.store is not None
+        secret = builders.archive_secret(job, storage_env(self.store.settings))
+        self.kube.ensure(self._adopt(owner, secret), update=True)
+        target = builders.ArchiveTarget(
+            key=names.archive_key(job.namespace, job.name, job.uid),
+            transcript_key=names.transcript_key(job.namespace, job.name, job.uid),
+        )
+        self.kube.ensure(
+            self._adopt(owner, builders.archive_job(job, images=self.images, target=target))
+        )
+
+    # Timers: URL refresh, TTL, and when to come back.
+
+    def _next_delay(
+        self, job: builders.JobRef, spec: CodingJobSpec, status: Mapping[str, Any]
+    ) -> float:
+        phase = status.get("phase")
+        if phase in ("Pending", "Running", "Archiving", None):
+            if phase == "Archiving":
+                return self._archiving_delay(status)
+            return self.config.stats_interval_seconds
+        if phase == "Suspended":
+            return MAX_DELAY
+        return self._finished_timers(job, spec, status)
+
+    def _archiving_delay(self, status: Mapping[str, Any]) -> float:
+        """Backoff while archiving: doubles per failed archiver attempt, and while storage is
+        unavailable grows with the outage (half its age so far)."""
+        base = self.config.stats_interval_seconds
+        attempts = int(status.get("archiveAttempts") or 0)
+        delay = base * 2.0 ** max(0, attempts - 1)
+        archived = c.find_condition(status.get("conditions") or [], c.ARCHIVED) or {}
+        since = archived.get("lastTransitionTime")
+        if archived.get("reason") == c.STORAGE_UNAVAILABLE and isinstance(since, str):
+            outage = (self.clock() - _parse(since)).total_seconds()
+            delay = max(delay, outage / 2)
+        return float(min(MAX_DELAY, max(base, delay)))
+
+    def _finished_timers(
+        self, job: builders.JobRef, spec: CodingJobSpec, status: Mapping[str, Any]
+    ) -> float:
+        now = self.clock()
+        delay = MAX_DELAY
+        completion = status.get("completionTime")
+        if spec.ttl_seconds_after_finished is not None and completion:
+            due = _parse(completion) + datetime.timedelta(seconds=spec.ttl_seconds_after_finished)
+            if now >= due:
+                log.info("deleting %s/%s: ttlSecondsAfterFinished passed", job.namespace, job.name)
+                self.kube.delete_codingjob(job.namespace, job.name)
+                return MAX_DELAY
+            delay = min(delay, (due - now).total_seconds())
+        artifact = status.get("artifact") or {}
+        if artifact.get("urlExpiresAt") and self.store is not None:
+            lifetime = spec.artifacts.url_expiry_seconds
+            refresh_at = _parse(artifact["urlExpiresAt"]) - datetime.timedelta(
+                seconds=lifetime * URL_REFRESH_FRACTION
+            )
+            if now >= refresh_at:
+                self.refresh_url(job, spec, artifact)
+                refresh_at = now + datetime.timedelta(seconds=lifetime * (1 - URL_REFRESH_FRACTION))
+            delay = min(delay, max(1.0, (refresh_at - now).total_seconds()))
+        return delay
+
+    def refresh_url(
+        self, job: builders.JobRef, spec: CodingJobSpec, artifact: Mapping[str, Any]
+    ) -> None:
+        """Presign the artifact again and store the new URL in the status."""
+        assert self.store is not None
+        expiry = datetime.timedelta(seconds=spec.artifacts.url_expiry_seconds)
+        try:
+            url, expires_at = self.store.presign_get(artifact["key"], expiry)
+        except (TransientStorageError, PermanentStorageError) as error:
+            raise RetryLater(f"cannot refresh the download URL: {error}") from error
+        new = {**artifact, "url": url, "urlExpiresAt": c.format_time(expires_at)}
+        self._patch(job.namespace, job.name, {"artifact": new, "downloadURL": url})
+
+
+def _parse(value: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))

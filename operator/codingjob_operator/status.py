@@ -1,0 +1,674 @@
+"""Level-based status: the phase, conditions and next actions of a CodingJob, derived purely from
+what its children are right now (plus the little the status itself must remember).
+
+Phases::
+
+    Pending --pod's agent container runs--> Running --agent terminated--> Archiving
+    Archiving --archive confirmed--> Succeeded | Failed        (the agent's outcome)
+    Running --agent failed, uploadOnFailure false--> Failed     (workspace kept, not archived)
+    Pending|Running --spec.suspend--> Suspended --resume--> Pending
+    Pending|Running --semantic error / deadline / backoff limit--> Failed (or Archiving first)
+
+The handler does the I/O (reading pods, asking object storage) and passes the results in as an
+:class:`Observation`; :func:`derive_status` returns the status patch, the actions to take and the
+events to post, in that order of application.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from codingjob_operator import conditions as c
+from codingjob_operator.conditions import ConditionUpdate, Phase
+from codingjob_operator.models import CodingJobSpec
+
+#: Pod status reasons that mean the pod was lost to infrastructure, not ended by the agent.
+INFRASTRUCTURE_REASONS = frozenset(
+    {
+        "Evicted",
+        "NodeLost",
+        "NodeAffinity",
+        "Preempting",
+        "Shutdown",
+        "Terminated",
+        "UnexpectedAdmissionError",
+    }
+)
+#: Container waiting reasons that no retry can fix.
+INVALID_IMAGE_REASONS = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff"})
+CONFIG_ERROR_REASONS = frozenset(
+    {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+)
+#: The runtime could not start the command (e.g. not in the image): no retry can fix it.
+START_ERROR = "StartError"
+#: A sidecar that crashed this often will not come up; the job fails instead of waiting forever.
+SIDECAR_MAX_RESTARTS = 3
+MESSAGE_MAX = 1024
+
+
+class AgentResultMessage(BaseModel):
+    """The agent's termination message: ``AgentResult`` of the agent image's protocol module."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    outcome: str
+    reason: str
+    message: str = ""
+    steps: int = 0
+    tokens: int = 0
+    summary: str = ""
+
+
+class ArchiveReport(BaseModel):
+    """The archiver's termination message on success."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    files: int
+    transcript_key: str | None = Field(None, alias="transcriptKey")
+
+
+class ArchiveError(BaseModel):
+    """The archiver's termination message on failure."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    error: str
+    permanent: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerView:
+    """One container's state as the kubelet reports it."""
+
+    running: bool = False
+    terminated: bool = False
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    restart_count: int = 0
+    #: The previous run's termination (restarted sidecars), from ``lastState.terminated``.
+    last_reason: str | None = None
+    last_message: str | None = None
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the operator needs to know about the agent pod."""
+
+    phase: str
+    created_at: datetime.datetime
+    reason: str | None = None
+    message: str | None = None
+    deleting: bool = False
+    started_at: datetime.datetime | None = None
+    agent: ContainerView | None = None
+    sidecar: ContainerView | None = None
+
+
+@dataclass(frozen=True)
+class ArchiveJobView:
+    """The archiver Job: finished or not, and its pod's termination message."""
+
+    succeeded: bool = False
+    failed: bool = False
+    termination_message: str | None = None
+    #: Why the newest archiver pod's container is not running yet (e.g. ErrImagePull).
+    waiting: str | None = None
+
+
+class StorageState(Enum):
+    OK = "ok"
+    NOT_CONFIGURED = "not-configured"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+    MISMATCH = "mismatch"
+
+
+@dataclass(frozen=True)
+class StorageResult:
+    """Outcome of the handler's object-storage call (bucket check, or confirm + presign)."""
+
+    state: StorageState
+    message: str = ""
+    artifact: Mapping[str, Any] | None = None
+
+
+class StatsMessage(BaseModel):
+    """The sidecar's ``GET /stats`` body (``Stats`` of the agent image's protocol module)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    class Tokens(BaseModel):
+        model_config = ConfigDict(extra="ignore")
+        window: int = 0
+        limit: int = 0
+        used: int = 0
+        pruned: int = 0
+
+    tokens: Tokens = Field(default_factory=Tokens)
+    steps: int = 0
+    budget_exceeded: bool = Field(False, alias="budgetExceeded")
+    last_error: str | None = Field(None, alias="lastError")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything :func:`derive_status` looks at."""
+
+    spec: CodingJobSpec
+    status: Mapping[str, Any]
+    generation: int | None
+    now: datetime.datetime
+    pod: PodView | None = None
+    archive: ArchiveJobView | None = None
+    #: (reason, message) of a problem in the spec the user must fix (missing Secret, ...).
+    semantic_error: tuple[str, str] | None = None
+    storage: StorageResult | None = None
+    stats: StatsMessage | None = None
+    image_pull_timeout: datetime.timedelta = datetime.timedelta(minutes=5)
+
+
+class Action(Enum):
+    """What the handler must do after patching the status, in this order."""
+
+    ENSURE_CHILDREN = "ensure-children"  # PVC, session Secret, Service, NetworkPolicy, pod
+    DELETE_POD = "delete-pod"
+    CHECK_STORAGE = "check-storage"  # ensure the bucket, then pass the result back in
+    START_ARCHIVE = "start-archive"  # archiver credentials Secret + Job
+    CONFIRM_ARCHIVE = "confirm-archive"  # stat + presign, then pass the result back in
+    DELETE_ARCHIVE_JOB = "delete-archive-job"  # a failed attempt, retried on a later pass
+    CLEANUP = "cleanup"  # the archive is confirmed: agent pod, PVC, archiver Secret go
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    """The status patch (camelCase keys, merged into .status), actions and events."""
+
+    patch: dict[str, Any] = field(default_factory=dict)
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AgentOutcome:
+    """How the agent container ended."""
+
+    succeeded: bool
+    reason: str
+    message: str
+    summary: str = ""
+    steps: int | None = None
+    tokens: int | None = None
+
+
+def _short(text: str | None) -> str:
+    text = (text or "").strip()
+    return text if len(text) <= MESSAGE_MAX else text[: MESSAGE_MAX - 3] + "..."
+
+
+def parse_agent_result(message: str | None) -> AgentResultMessage | None:
+    """The agent's termination message as a result, or None when it is not one (e.g. logs)."""
+    if not message:
+        return None
+    try:
+        return AgentResultMessage.model_validate_json(message)
+    except ValidationError:
+        return None
+
+
+def parse_archive_message(message: str | None) -> ArchiveReport | ArchiveError | None:
+    """The archiver's termination message: a report, an error, or None (crash logs)."""
+    if not message:
+        return None
+    try:
+        data = json.loads(message)
+    except ValueError:
+        return None
+    for model in (ArchiveReport, ArchiveError):
+        try:
+            return model.model_validate(data)
+        except ValidationError:
+            continue
+    return None
+
+
+def agent_outcome(pod: PodView) -> AgentOutcome | None:
+    """How the agent ended, or None while it has not (or the pod was lost to infrastructure)."""
+    agent = pod.agent
+    if pod.reason == "DeadlineExceeded":
+        return AgentOutcome(
+            succeeded=False,
+            reason=c.DEADLINE_EXCEEDED,
+            message=_short(pod.message) or "the pod ran longer than limits.activeDeadlineSeconds",
+        )
+    if agent is None or not agent.terminated:
+        return None
+    result = parse_agent_result(agent.message)
+    if result is not None:
+        succeeded = agent.exit_code == 0 and result.outcome == "Succeeded"
+        return AgentOutcome(
+            succeeded=succeeded,
+            reason=result.reason if (succeeded or result.reason != c.COMPLETED) else c.AGENT_ERROR,
+            message=_short(result.message),
+            summary=_short(result.summary),
+            steps=result.steps,
+            tokens=result.tokens,
+        )
+    if agent.exit_code == 0:
+        return AgentOutcome(succeeded=True, reason=c.COMPLETED, message="")
+    detail = f"agent exited with code {agent.exit_code}"
+    if agent.reason and agent.reason != "Error":
+        detail += f" ({agent.reason})"
+    if agent.message:
+        detail += f": {agent.message.strip()[-MESSAGE_MAX // 2 :]}"
+    return AgentOutcome(succeeded=False, reason=c.AGENT_ERROR, message=_short(detail))
+
+
+def pod_lost(pod: PodView) -> bool:
+    """True when the pod ended without the agent ending: infrastructure, retried per backoff."""
+    if pod.reason in INFRASTRUCTURE_REASONS:
+        return True
+    agent_done = pod.agent is not None and pod.agent.terminated
+    return pod.phase in ("Failed", "Succeeded", "Unknown") and not agent_done
+
+
+def _waiting_problem(
+    pod: PodView, now: datetime.datetime, pull_timeout: datetime.timedelta
+) -> tuple[str, str] | None:
+    """A reason the pod's containers will never run, as (reason, message), or None."""
+    for name, container in (("context-manager", pod.sidecar), ("agent", pod.agent)):
+        if container is None:
+            continue
+        if START_ERROR in (container.reason, container.last_reason):
+            detail = _short(container.message or container.last_message)
+            return c.CREATE_CONTAINER_FAILED, f"container {name} could not start: {detail}"
+        if name == "context-manager" and container.restart_count >= SIDECAR_MAX_RESTARTS:
+            detail = _short(container.last_message or container.last_reason)
+            return c.SIDECAR_FAILED, (
+                f"container {name} restarted {container.restart_count} times: {detail}"
+            )
+        reason, detail = container.waiting_reason, _short(container.waiting_message)
+        if not reason:
+            continue
+        if reason in INVALID_IMAGE_REASONS:
+            return c.INVALID_IMAGE, f"container {name}: {reason}: {detail}"
+        if reason in CONFIG_ERROR_REASONS:
+            return c.CREATE_CONTAINER_FAILED, f"container {name}: {reason}: {detail}"
+        if reason in IMAGE_PULL_REASONS and now - pod.created_at > pull_timeout:
+            return c.IMAGE_PULL_FAILED, (
+                f"container {name}: {reason} for more than {pull_timeout}: {detail}"
+            )
+    return None
+
+
+class _Builder:
+    """Accumulates one pass's decision."""
+
+    def __init__(self, obs: Observation) -> None:
+        self.obs = obs
+        self.decision = Decision()
+        current = obs.status.get("phase")
+        self.phase = Phase(current) if current else None
+        self.conditions: list[dict[str, object]] = [
+            dict(x) for x in obs.status.get("conditions", [])
+        ]
+
+    def condition(self, type_: str, status: bool, reason: str, message: str = "") -> None:
+        self.conditions = c.set_condition(
+            self.conditions,
+            ConditionUpdate(type_, status, reason, message),
+            now=self.obs.now,
+            generation=self.obs.generation,
+        )
+
+    def set(self, **fields: Any) -> None:
+        for key, value in fields.items():
+            if self.obs.status.get(key) != value:
+                self.decision.patch[key] = value
+
+    def act(self, *actions: Action) -> None:
+        self.decision.actions.extend(actions)
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.decision.events.append(Event(type_, reason, message))
+
+    def move(self, phase: Phase, reason: str, message: str = "", *, warn: bool = False) -> None:
+        """Enter ``phase`` (an event when it is a change)."""
+        if self.phase != phase:
+            self.event("Warning" if warn else "Normal", reason, message or f"phase {phase}")
+            self.phase = phase
+        self.set(phase=phase.value)
+
+    def finish(self, succeeded: bool, reason: str, message: str) -> None:
+        phase = Phase.SUCCEEDED if succeeded else Phase.FAILED
+        summary = f"{phase.value}: {reason}" + (f": {message}" if message else "")
+        self.move(phase, reason, summary, warn=not succeeded)
+        self.set(reason=reason, message=message, completionTime=c.format_time(self.obs.now))
+        self.condition(c.COMPLETE, True, reason, message)
+        self.condition(c.READY, False, reason, "the job has finished")
+
+    def result(self) -> Decision:
+        if self.conditions != list(self.obs.status.get("conditions", [])):
+            self.decision.patch["conditions"] = self.conditions
+        if self.obs.generation is not None:
+            self.set(observedGeneration=self.obs.generation)
+        return self.decision
+
+
+def derive_status(obs: Observation) -> Decision:
+    """The status patch, actions and events for one reconcile pass over ``obs``."""
+    b = _Builder(obs)
+    if b.phase is not None and b.phase.finished:
+        _finished(b)
+    elif b.phase == Phase.ARCHIVING:
+        _archiving(b)
+    else:
+        _active(b)
+    return b.result()
+
+
+def _finished(b: _Builder) -> None:
+    # Terminal: only finish what a crash may have interrupted.
+    if b.obs.pod is not None:
+        b.act(Action.DELETE_POD)
+    if b.obs.status.get("artifact"):
+        b.act(Action.CLEANUP)
+
+
+def _archiving(b: _Builder) -> None:
+    obs = b.obs
+    succeeded = obs.status.get("outcome") == "Succeeded"
+    reason = obs.status.get("reason") or (c.COMPLETED if succeeded else c.AGENT_ERROR)
+    message = obs.status.get("message") or ""
+    if obs.pod is not None:
+        # The workspace is ReadWriteOnce: the archiver mounts it once the agent pod is gone.
+        b.act(Action.DELETE_POD)
+        return
+    storage = obs.storage
+    if storage is not None and storage.state == StorageState.NOT_CONFIGURED:
+        b.condition(c.ARCHIVED, False, c.STORAGE_NOT_CONFIGURED, storage.message)
+        b.finish(succeeded, reason, message)
+        return
+    if storage is not None and storage.state == StorageState.TRANSIENT:
+        before = c.find_condition(b.conditions, c.ARCHIVED) or {}
+        if before.get("reason") != c.STORAGE_UNAVAILABLE:
+            b.event("Warning", c.STORAGE_UNAVAILABLE, storage.message)
+        b.condition(c.ARCHIVED, False, c.STORAGE_UNAVAILABLE, storage.message)
+        return
+    if storage is not None and storage.state == StorageState.PERMANENT:
+        b.condition(c.ARCHIVED, False, c.ARCHIVE_FAILED, storage.message)
+        b.finish(False, c.ARCHIVE_FAILED, storage.message)
+        return
+    archive = obs.archive
+    if archive is None:
+        if storage is None:
+            b.act(Action.CHECK_STORAGE)
+            return
+        b.condition(c.ARCHIVED, False, c.ARCHIVING, "archiving the workspace")
+        b.set(archiveAttempts=int(obs.status.get("archiveAttempts") or 0) + 1)
+        b.act(Action.START_ARCHIVE)
+        return
+    if archive.failed:
+        parsed = parse_archive_message(archive.termination_message)
+        if isinstance(parsed, ArchiveError) and parsed.permanent:
+            b.condition(c.ARCHIVED, False, c.ARCHIVE_FAILED, _short(parsed.error))
+            b.finish(False, c.ARCHIVE_FAILED, _short(parsed.error))
+            return
+        detail = parsed.error if isinstance(parsed, ArchiveError) else archive.termination_message
+        b.condition(c.ARCHIVED, False, c.ARCHIVE_FAILED, _short(f"retrying: {detail or 'failed'}"))
+        b.act(Action.DELETE_ARCHIVE_JOB)
+        return
+    if not archive.succeeded:
+        # An archiver that cannot start (image missing, ...) is an operator problem, not the
+        # job's: it waits, and the condition says why.
+        detail = f"archiver pod waiting: {archive.waiting}" if archive.waiting else ""
+        b.condition(c.ARCHIVED, False, c.ARCHIVING, detail or "archiving the workspace")
+        return
+    if storage is None:
+        b.act(Action.CONFIRM_ARCHIVE)
+        return
+    if storage.state == StorageState.MISMATCH:
+        b.condition(c.ARCHIVED, False, c.ARCHIVE_MISMATCH, storage.message)
+        b.event("Warning", c.ARCHIVE_MISMATCH, storage.message)
+        b.act(Action.DELETE_ARCHIVE_JOB)
+        return
+    artifact = dict(storage.artifact or {})
+    b.condition(
+        c.ARCHIVED,
+        True,
+        c.ARCHIVE_CONFIRMED,
+        f"s3://{artifact.get('bucket')}/{artifact.get('key')}",
+    )
+    b.set(artifact=artifact, downloadURL=artifact.get("url"))
+    b.finish(succeeded, reason, message)
+    b.act(Action.CLEANUP)
+
+
+def _active(b: _Builder) -> None:
+    obs = b.obs
+    spec, pod = obs.spec, obs.pod
+    if b.phase is None:
+        b.event("Normal", c.CREATED, "creating the agent pod")
+        b.phase = Phase.PENDING
+        b.set(phase=Phase.PENDING.value)
+    if pod is not None and pod.deleting:
+        # A pod on its way out was suspended, evicted or deleted by someone: its agent was
+        # killed, so a non-zero exit says nothing about the task. Only a finished agent counts;
+        # otherwise wait until the pod is gone (then it is resumed, or recreated as lost).
+        outcome = agent_outcome(pod)
+        if outcome is not None and outcome.succeeded and b.phase != Phase.SUSPENDED:
+            _agent_ended(b, outcome)
+            return
+        if not spec.suspend:
+            return
+    elif pod is not None:
+        problem = _waiting_problem(pod, obs.now, obs.image_pull_timeout)
+        if problem is not None:
+            _fail_semantic(b, *problem)
+            b.act(Action.DELETE_POD)
+            return
+        outcome = agent_outcome(pod)
+        if outcome is not None:
+            _agent_ended(b, outcome)
+            return
+        if pod_lost(pod):
+            _lost(b, f"pod {pod.phase}: {pod.reason or ''} {_short(pod.message)}".strip())
+            return
+    if spec.suspend:
+        if pod is not None and not pod.deleting:
+            b.act(Action.DELETE_POD)
+        b.move(Phase.SUSPENDED, c.SUSPENDED_BY_USER, "suspended: agent pod deleted, workspace kept")
+        b.condition(c.SUSPENDED, True, c.SUSPENDED_BY_USER, "spec.suspend is true")
+        b.condition(c.READY, False, c.SUSPENDED_BY_USER, "the job is suspended")
+        return
+    if b.phase == Phase.SUSPENDED:
+        b.move(Phase.PENDING, c.RESUMED, "resumed: recreating the agent pod")
+        b.condition(c.SUSPENDED, False, c.RESUMED, "spec.suspend is false")
+    if pod is None:
+        if b.phase == Phase.RUNNING:
+            _lost(b, "the agent pod disappeared")
+            return
+        if obs.semantic_error is not None:
+            _fail_semantic(b, *obs.semantic_error)
+            return
+        b.condition(c.READY, False, c.POD_PENDING, "creating the agent pod")
+        b.act(Action.ENSURE_CHILDREN)
+        return
+    if pod.agent is not None and pod.agent.running:
+        b.move(Phase.RUNNING, c.POD_RUNNING, "the agent is running")
+        if not obs.status.get("startTime"):
+            b.set(startTime=c.format_time(pod.started_at or obs.now))
+        b.condition(c.READY, True, c.POD_RUNNING, "the agent is running")
+        if obs.stats is not None:
+            _apply_stats(b, obs.stats)
+    else:
+        b.condition(c.READY, False, c.POD_PENDING, _short(pod.message) or "waiting for the pod")
+
+
+def _apply_stats(b: _Builder, stats: StatsMessage) -> None:
+    t = stats.tokens
+    b.set(steps=stats.steps, tokens={"used": t.used, "limit": t.limit, "pruned": t.pruned})
+    if stats.budget_exceeded:
+        b.condition(c.BUDGET_EXCEEDED, True, c.TOKEN_BUDGET_SPENT, stats.last_error or "")
+    elif c.find_condition(b.conditions, c.BUDGET_EXCEEDED) is not None:
+        b.condition(c.BUDGET_EXCEEDED, False, c.WITHIN_BUDGET)
+
+
+def _fail_semantic(b: _Builder, reason: str, message: str) -> None:
+    b.condition(c.ARCHIVED, False, c.NOT_REQUESTED, "the agent never ran")
+    b.finish(False, reason, message)
+
+
+def _lost(b: _Builder, detail: str) -> None:
+    obs = b.obs
+    failures = int(obs.status.get("podFailures") or 0) + 1
+    b.set(podFailures=failures)
+    if obs.pod is not None:
+        b.act(Action.DELETE_POD)
+    if failures > obs.spec.backoff_limit:
+        message = (
+            f"agent pod lost {failures} times (backoffLimit {obs.spec.backoff_limit}): {detail}"
+        )
+        _fail_semantic(b, c.BACKOFF_LIMIT_EXCEEDED, _short(message))
+        return
+    b.event("Warning", c.POD_LOST, _short(f"recreating the agent pod: {detail}"))
+    b.move(Phase.PENDING, c.POD_LOST, _short(detail), warn=True)
+    b.condition(c.READY, False, c.POD_LOST, _short(detail))
+
+
+def _agent_ended(b: _Builder, outcome: AgentOutcome) -> None:
+    obs = b.obs
+    fields: dict[str, Any] = {
+        "outcome": "Succeeded" if outcome.succeeded else "Failed",
+        "reason": outcome.reason,
+        "message": outcome.message,
+    }
+    if outcome.summary:
+        fields["summary"] = outcome.summary
+    if outcome.steps is not None:
+        fields["steps"] = outcome.steps
+    if outcome.tokens is not None:
+        tokens = dict(obs.status.get("tokens") or {})
+        tokens["used"] = outcome.tokens
+        fields["tokens"] = tokens
+    b.set(**fields)
+    b.condition(c.READY, False, c.AGENT_TERMINATED, outcome.message or outcome.reason)
+    if outcome.succeeded or obs.spec.artifacts.upload_on_failure:
+        b.move(
+            Phase.ARCHIVING,
+            c.AGENT_TERMINATED,
+            f"agent {fields['outcome'].lower()} ({outcome.reason}); archiving the workspace",
+            warn=not outcome.succeeded,
+        )
+        b.condition(c.ARCHIVED, False, c.ARCHIVING, "waiting for the agent pod to go")
+        b.act(Action.DELETE_POD)
+        return
+    b.condition(c.ARCHIVED, False, c.NOT_REQUESTED, "artifacts.uploadOnFailure is false")
+    b.finish(False, outcome.reason, outcome.message)
+    b.act(Action.DELETE_POD)
+
+
+def _time(value: Any) -> datetime.datetime | None:
+    if not value:
+        return None
+    if isinstance(value, datetime.datetime):
+        return value
+    return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _container_view(statuses: list[Mapping[str, Any]] | None, name: str) -> ContainerView | None:
+    for status in statuses or []:
+        if status.get("name") != name:
+            continue
+        state = status.get("state") or {}
+        running, terminated, waiting = (
+            state.get("running"),
+            state.get("terminated"),
+            state.get("waiting"),
+        )
+        last = (status.get("lastState") or {}).get("terminated") or {}
+        return ContainerView(
+            running=running is not None,
+            terminated=terminated is not None,
+            exit_code=(terminated or {}).get("exitCode"),
+            reason=(terminated or {}).get("reason"),
+            message=(terminated or {}).get("message"),
+            waiting_reason=(waiting or {}).get("reason"),
+            waiting_message=(waiting or {}).get("message"),
+            restart_count=int(status.get("restartCount") or 0),
+            last_reason=last.get("reason"),
+            last_message=last.get("message"),
+        )
+    return None
+
+
+def pod_view(
+    pod: Mapping[str, Any], *, agent: str = "agent", sidecar: str = "context-manager"
+) -> PodView:
+    """The parts of a Pod (API dict) that :func:`derive_status` looks at."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    return PodView(
+        phase=status.get("phase") or "Pending",
+        created_at=_time(meta.get("creationTimestamp")) or datetime.datetime.now(datetime.UTC),
+        reason=status.get("reason"),
+        message=status.get("message"),
+        deleting=bool(meta.get("deletionTimestamp")),
+        started_at=_time(status.get("startTime")),
+        agent=_container_view(status.get("containerStatuses"), agent),
+        sidecar=_container_view(status.get("initContainerStatuses"), sidecar),
+    )
+
+
+def archive_view(
+    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], *, container: str = "archiver"
+) -> ArchiveJobView:
+    """The archiver Job's state and its newest finished pod's termination message."""
+    status = job.get("status") or {}
+    finished: dict[str, bool] = {}
+    for cond in status.get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
+            finished[cond["type"]] = True
+    message = waiting = None
+    newest: datetime.datetime | None = None
+    newest_any: datetime.datetime | None = None
+    for pod in pods:
+        view = _container_view((pod.get("status") or {}).get("containerStatuses"), container)
+        if view is None:
+            continue
+        created = _time((pod.get("metadata") or {}).get("creationTimestamp"))
+        if view.waiting_reason and (newest_any is None or (created and created >= newest_any)):
+            newest_any = created
+            waiting = _short(f"{view.waiting_reason}: {view.waiting_message or ''}".rstrip(": "))
+        if not view.terminated:
+            continue
+        if newest is None or (created is not None and created >= newest):
+            newest, message = created, view.message
+    return ArchiveJobView(
+        succeeded=finished.get("Complete", False),
+        failed=finished.get("Failed", False),
+        termination_message=message,
+        waiting=waiting,
+    )

@@ -1,0 +1,199 @@
+"""Golden manifests for every builder option, each validated against the Kubernetes 1.34 schemas.
+
+Regenerate the goldens after an intended change with ``UPDATE_GOLDEN=1 pytest tests/unit/operator``
+and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from codingjob_operator import builders
+from codingjob_operator.models import CodingJobSpec
+
+GOLDEN = Path(__file__).parent / "golden"
+KUBERNETES_VERSION = "1.34.0"
+JOB = builders.JobRef(
+    name="todo-app", namespace="team-a", uid="0b7c2a5e-1f7e-4d1a-9a6c-3f1d2e4b5a69"
+)
+IMAGES = builders.Images(agent="codingjob/agent:dev", operator="codingjob/operator:dev")
+MODEL = builders.ModelEndpoint(
+    base_url="http://scripted-model.codingjob-system.svc:8000/v1", name="scripted-demo-model"
+)
+SERVICE_PEER = builders.EgressPeer(
+    cidrs=("10.96.12.34/32",),
+    namespace="codingjob-system",
+    pod_selector={"app.kubernetes.io/name": "scripted-model"},
+    ports=("http", 8000),
+)
+IP_PEER = builders.EgressPeer(cidrs=("104.18.6.192/32", "2606:4700::6812:6c0/128"), ports=(443,))
+STORAGE_ENV = {
+    "CODINGJOB_STORAGE_ENDPOINT": "codingjob-minio.codingjob-system.svc:9000",
+    "CODINGJOB_STORAGE_ACCESS_KEY": "access",
+    "CODINGJOB_STORAGE_SECRET_KEY": "secret",
+    "CODINGJOB_STORAGE_BUCKET": "codingjob-artifacts",
+}
+
+
+def spec(**fields: Any) -> CodingJobSpec:
+    return CodingJobSpec.model_validate({"task": "Build me a todo app in React", **fields})
+
+
+FULL = {
+    "model": {
+        "baseURL": "https://api.openai.com/v1",
+        "name": "gpt-4.1",
+        "apiKeySecretRef": {"name": "openai", "key": "api-key"},
+        "temperature": 0.2,
+        "maxOutputTokens": 4096,
+    },
+    "context": {"maxTokens": 128000, "encoding": "cl100k_base", "strategy": "summarize"},
+    "limits": {"activeDeadlineSeconds": 7200, "maxSteps": 400, "maxTotalTokens": 5000000},
+    "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": 2, "memory": "4Gi"}},
+    "workspace": {"size": "20Gi", "storageClassName": "fast-ssd"},
+    "network": {"egress": "Restricted", "allowedCIDRs": ["140.82.112.0/20"]},
+}
+SANDBOXED = {
+    "image": "registry.example.com:5000/codingjob/agent:0.1.0",
+    "runtimeClassName": "gvisor",
+    "nodeSelector": {"codingjob.dev/sandbox": "true"},
+    "tolerations": [
+        {"key": "codingjob.dev/sandbox", "operator": "Exists", "effect": "NoSchedule"},
+        {
+            "key": "spot",
+            "operator": "Equal",
+            "value": "yes",
+            "effect": "NoExecute",
+            "tolerationSeconds": 60,
+        },
+    ],
+    "network": {"egress": "Open"},
+}
+
+
+def agent_children(s: CodingJobSpec, peers: tuple[builders.EgressPeer, ...]) -> list[Any]:
+    return [
+        builders.session_secret(JOB, vnc_password="vncpass1", jupyter_token="jupyter-token"),
+        builders.workspace_pvc(JOB, s),
+        builders.desktop_service(JOB, s),
+        builders.network_policy(JOB, s, model_peers=peers),
+        builders.agent_pod(JOB, s, images=IMAGES, model=MODEL),
+    ]
+
+
+CASES: dict[str, list[Any]] = {
+    "defaults": agent_children(spec(), (SERVICE_PEER,)),
+    "full": agent_children(spec(**FULL), (IP_PEER,)),
+    "sandboxed": agent_children(spec(**SANDBOXED), ()),
+    "gui-only": agent_children(spec(jupyter={"enabled": False}), (SERVICE_PEER,)),
+    "jupyter-only": agent_children(spec(gui={"enabled": False}), (SERVICE_PEER,)),
+    "headless": agent_children(
+        spec(gui={"enabled": False}, jupyter={"enabled": False}), (SERVICE_PEER,)
+    ),
+    "archive": [
+        builders.archive_secret(JOB, STORAGE_ENV),
+        builders.archive_job(
+            JOB,
+            images=IMAGES,
+            target=builders.ArchiveTarget(
+                key=f"team-a/todo-app/{JOB.uid}/workspace.zip",
+                transcript_key=f"team-a/todo-app/{JOB.uid}/context.txt",
+            ),
+        ),
+    ],
+}
+
+
+def render(manifests: list[Any]) -> str:
+    return yaml.safe_dump_all(manifests, sort_keys=True, width=100)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case: str) -> None:
+    path = GOLDEN / f"{case}.yaml"
+    text = render(CASES[case])
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"missing golden {path.name}: run with UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{path.name} differs: run with UPDATE_GOLDEN=1 and review"
+
+
+ALL = [(case, i, m) for case, ms in CASES.items() for i, m in enumerate(ms) if m is not None]
+
+
+@pytest.mark.parametrize(
+    "manifest", [m for _, _, m in ALL], ids=[f"{c}-{m['kind']}" for c, _, m in ALL]
+)
+def test_manifest_validates_against_kubernetes_schema(manifest: dict[str, Any]) -> None:
+    kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+def test_schema_check_can_fail() -> None:
+    pod = builders.agent_pod(JOB, spec(), images=IMAGES, model=MODEL)
+    pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = "no"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+
+
+def _containers(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in pod["spec"]["initContainers"] + pod["spec"]["containers"]}
+
+
+def test_api_key_reaches_only_the_sidecar() -> None:
+    pod = builders.agent_pod(JOB, spec(**FULL), images=IMAGES, model=MODEL)
+    containers = _containers(pod)
+    key_env = [
+        e for e in containers["context-manager"]["env"] if e["name"] == "CODINGJOB_MODEL_API_KEY"
+    ]
+    assert key_env == [
+        {
+            "name": "CODINGJOB_MODEL_API_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "openai", "key": "api-key"}},
+        }
+    ]
+    assert "openai" not in yaml.safe_dump(containers["agent"])
+    assert not any("MODEL" in e["name"] for e in containers["agent"]["env"])
+
+
+@pytest.mark.parametrize("case", ["defaults", "full", "sandboxed"])
+def test_every_container_is_hardened(case: str) -> None:
+    pod = next(m for m in CASES[case] if m and m["kind"] == "Pod")
+    spec_ = pod["spec"]
+    assert spec_["automountServiceAccountToken"] is False
+    assert spec_["enableServiceLinks"] is False
+    assert spec_["restartPolicy"] == "Never"
+    assert spec_["securityContext"]["runAsNonRoot"] is True
+    assert spec_["securityContext"]["runAsUser"] == 1000
+    for container in _containers(pod).values():
+        sc = container["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    sidecar = _containers(pod)["context-manager"]
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["startupProbe"]["httpGet"] == {"path": "/healthz", "port": 8081}
+
+
+def test_archiver_never_sees_the_sandbox_secrets_and_the_sandbox_never_sees_storage() -> None:
+    for manifest in CASES["full"]:
+        if manifest is not None:
+            assert "CODINGJOB_STORAGE" not in yaml.safe_dump(manifest)
+    job = CASES["archive"][1]
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["automountServiceAccountToken"] is False
+    assert pod_spec["volumes"][0]["persistentVolumeClaim"]["readOnly"] is True
+    assert pod_spec["containers"][0]["volumeMounts"][0]["readOnly"] is True
+
+
+@pytest.mark.parametrize(
+    ("active", "soft"),
+    [(None, 0), (1, 1), (60, 30), (300, 270), (3600, 3300), (7200, 6900), (86400, 86100)],
+)
+def test_agent_deadline_leaves_time_to_write_the_result(active: int | None, soft: int) -> None:
+    assert builders.deadline_seconds(active) == soft

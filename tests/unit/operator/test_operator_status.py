@@ -1,0 +1,768 @@
+"""derive_status tables: phase, reason, actions and events from observed children."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+import pytest
+from codingjob_operator import conditions as c
+from codingjob_operator.models import CodingJobSpec
+from codingjob_operator.status import (
+    Action,
+    ArchiveJobView,
+    ContainerView,
+    Decision,
+    Observation,
+    PodView,
+    StatsMessage,
+    StorageResult,
+    StorageState,
+    archive_view,
+    derive_status,
+    pod_view,
+)
+
+NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
+EARLIER = NOW - datetime.timedelta(minutes=1)
+OK_RESULT = json.dumps(
+    {
+        "outcome": "Succeeded",
+        "reason": "Completed",
+        "message": "done",
+        "steps": 9,
+        "tokens": 500,
+        "summary": "built",
+    }
+)
+FAILED_RESULT = json.dumps(
+    {
+        "outcome": "Failed",
+        "reason": "MaxStepsExceeded",
+        "message": "out of steps",
+        "steps": 200,
+        "tokens": 9,
+    }
+)
+ARTIFACT = {
+    "bucket": "b",
+    "key": "ns/j/u/workspace.zip",
+    "size": 10,
+    "sha256": "ab",
+    "files": 2,
+    "url": "http://localhost:9000/x",
+    "urlExpiresAt": "2026-01-02T12:00:00Z",
+}
+
+
+def spec(**fields: Any) -> CodingJobSpec:
+    return CodingJobSpec.model_validate({"task": "t", **fields})
+
+
+def running_pod() -> PodView:
+    return PodView(
+        phase="Running",
+        created_at=EARLIER,
+        started_at=EARLIER,
+        agent=ContainerView(running=True),
+        sidecar=ContainerView(running=True),
+    )
+
+
+def ended_pod(exit_code: int, result: str | None = None, **pod: Any) -> PodView:
+    fields: dict[str, Any] = {
+        "phase": "Succeeded" if exit_code == 0 else "Failed",
+        "created_at": EARLIER,
+    }
+    fields.update(pod)
+    return PodView(
+        **fields, agent=ContainerView(terminated=True, exit_code=exit_code, message=result)
+    )
+
+
+def waiting_pod(reason: str, created: datetime.datetime = EARLIER) -> PodView:
+    return PodView(
+        phase="Pending",
+        created_at=created,
+        agent=ContainerView(waiting_reason=reason, waiting_message="details"),
+    )
+
+
+def observe(
+    status: dict[str, Any] | None = None, s: CodingJobSpec | None = None, **kw: Any
+) -> Observation:
+    return Observation(spec=s or spec(), status=status or {}, generation=1, now=NOW, **kw)
+
+
+def phase_of(decision: Decision, status: dict[str, Any]) -> str | None:
+    phase: str | None = decision.patch.get("phase", status.get("phase"))
+    return phase
+
+
+# (id, status before, spec, observation extras, phase after, reason after, actions)
+TABLE: list[
+    tuple[str, dict[str, Any], CodingJobSpec, dict[str, Any], str, str | None, list[Action]]
+] = [
+    ("new job creates children", {}, spec(), {}, "Pending", None, [Action.ENSURE_CHILDREN]),
+    (
+        "pod pending",
+        {"phase": "Pending"},
+        spec(),
+        {"pod": PodView(phase="Pending", created_at=EARLIER)},
+        "Pending",
+        None,
+        [],
+    ),
+    ("agent running", {"phase": "Pending"}, spec(), {"pod": running_pod()}, "Running", None, []),
+    (
+        "agent succeeded -> archiving",
+        {"phase": "Running"},
+        spec(),
+        {"pod": ended_pod(0, OK_RESULT)},
+        "Archiving",
+        "Completed",
+        [Action.DELETE_POD],
+    ),
+    (
+        "agent failed, upload on failure -> archiving",
+        {"phase": "Running"},
+        spec(),
+        {"pod": ended_pod(1, FAILED_RESULT)},
+        "Archiving",
+        "MaxStepsExceeded",
+        [Action.DELETE_POD],
+    ),
+    (
+        "agent failed, no upload -> failed",
+        {"phase": "Running"},
+        spec(artifacts={"uploadOnFailure": False}),
+        {"pod": ended_pod(1, FAILED_RESULT)},
+        "Failed",
+        "MaxStepsExceeded",
+        [Action.DELETE_POD],
+    ),
+    (
+        "crash without result -> AgentError",
+        {"phase": "Running"},
+        spec(artifacts={"uploadOnFailure": False}),
+        {"pod": ended_pod(2, "Traceback: boom")},
+        "Failed",
+        "AgentError",
+        [Action.DELETE_POD],
+    ),
+    (
+        "exit 0 without result -> Completed",
+        {"phase": "Running"},
+        spec(),
+        {"pod": ended_pod(0)},
+        "Archiving",
+        "Completed",
+        [Action.DELETE_POD],
+    ),
+    (
+        "deadline exceeded -> archived failure",
+        {"phase": "Running"},
+        spec(),
+        {"pod": ended_pod(137, None, reason="DeadlineExceeded", message="Pod was active too long")},
+        "Archiving",
+        "DeadlineExceeded",
+        [Action.DELETE_POD],
+    ),
+    (
+        "deadline exceeded, no upload",
+        {"phase": "Running"},
+        spec(artifacts={"uploadOnFailure": False}),
+        {
+            "pod": PodView(
+                phase="Failed",
+                created_at=EARLIER,
+                reason="DeadlineExceeded",
+                agent=ContainerView(running=True),
+            )
+        },
+        "Failed",
+        "DeadlineExceeded",
+        [Action.DELETE_POD],
+    ),
+    (
+        "evicted -> recreate",
+        {"phase": "Running"},
+        spec(),
+        {"pod": PodView(phase="Failed", created_at=EARLIER, reason="Evicted")},
+        "Pending",
+        None,
+        [Action.DELETE_POD],
+    ),
+    (
+        "evicted past backoff limit",
+        {"phase": "Running", "podFailures": 2},
+        spec(),
+        {"pod": PodView(phase="Failed", created_at=EARLIER, reason="Evicted")},
+        "Failed",
+        "BackoffLimitExceeded",
+        [Action.DELETE_POD],
+    ),
+    ("running pod vanished -> recreate", {"phase": "Running"}, spec(), {}, "Pending", None, []),
+    (
+        "vanished with backoffLimit 0",
+        {"phase": "Running"},
+        spec(backoffLimit=0),
+        {},
+        "Failed",
+        "BackoffLimitExceeded",
+        [],
+    ),
+    (
+        "missing secret",
+        {},
+        spec(),
+        {"semantic_error": ("SecretNotFound", "Secret 'openai' not found")},
+        "Failed",
+        "SecretNotFound",
+        [],
+    ),
+    (
+        "invalid image name",
+        {"phase": "Pending"},
+        spec(),
+        {"pod": waiting_pod("InvalidImageName")},
+        "Failed",
+        "InvalidImage",
+        [Action.DELETE_POD],
+    ),
+    (
+        "missing secret key at container creation",
+        {"phase": "Pending"},
+        spec(),
+        {"pod": waiting_pod("CreateContainerConfigError")},
+        "Failed",
+        "CreateContainerFailed",
+        [Action.DELETE_POD],
+    ),
+    (
+        "sidecar command missing",
+        {"phase": "Pending"},
+        spec(),
+        {
+            "pod": PodView(
+                phase="Pending",
+                created_at=EARLIER,
+                sidecar=ContainerView(
+                    waiting_reason="CrashLoopBackOff",
+                    restart_count=1,
+                    last_reason="StartError",
+                    last_message='exec: "codingjob-context-manager": executable file not found',
+                ),
+            )
+        },
+        "Failed",
+        "CreateContainerFailed",
+        [Action.DELETE_POD],
+    ),
+    (
+        "sidecar crash looping",
+        {"phase": "Pending"},
+        spec(),
+        {
+            "pod": PodView(
+                phase="Pending",
+                created_at=EARLIER,
+                sidecar=ContainerView(
+                    waiting_reason="CrashLoopBackOff", restart_count=3, last_reason="Error"
+                ),
+            )
+        },
+        "Failed",
+        "SidecarFailed",
+        [Action.DELETE_POD],
+    ),
+    (
+        "sidecar restarted once",
+        {"phase": "Pending"},
+        spec(),
+        {
+            "pod": PodView(
+                phase="Pending",
+                created_at=EARLIER,
+                sidecar=ContainerView(running=True, restart_count=1, last_reason="Error"),
+            )
+        },
+        "Pending",
+        None,
+        [],
+    ),
+    (
+        "agent command missing",
+        {"phase": "Running"},
+        spec(),
+        {
+            "pod": PodView(
+                phase="Failed",
+                created_at=EARLIER,
+                agent=ContainerView(
+                    terminated=True, exit_code=128, reason="StartError", message="not found"
+                ),
+            )
+        },
+        "Failed",
+        "CreateContainerFailed",
+        [Action.DELETE_POD],
+    ),
+    (
+        "image pull backoff, young",
+        {"phase": "Pending"},
+        spec(),
+        {"pod": waiting_pod("ImagePullBackOff")},
+        "Pending",
+        None,
+        [],
+    ),
+    (
+        "image pull backoff, old",
+        {"phase": "Pending"},
+        spec(),
+        {"pod": waiting_pod("ImagePullBackOff", NOW - datetime.timedelta(minutes=10))},
+        "Failed",
+        "ImagePullFailed",
+        [Action.DELETE_POD],
+    ),
+    (
+        "suspend deletes the pod",
+        {"phase": "Running"},
+        spec(suspend=True),
+        {"pod": running_pod()},
+        "Suspended",
+        None,
+        [Action.DELETE_POD],
+    ),
+    ("suspended stays", {"phase": "Suspended"}, spec(suspend=True), {}, "Suspended", None, []),
+    ("new job created suspended", {}, spec(suspend=True), {}, "Suspended", None, []),
+    (
+        "resume recreates",
+        {"phase": "Suspended"},
+        spec(),
+        {},
+        "Pending",
+        None,
+        [Action.ENSURE_CHILDREN],
+    ),
+    (
+        "finished agent wins over suspend",
+        {"phase": "Running"},
+        spec(suspend=True),
+        {"pod": ended_pod(0, OK_RESULT)},
+        "Archiving",
+        "Completed",
+        [Action.DELETE_POD],
+    ),
+    (
+        "suspended pod terminating: killed agent is not an outcome",
+        {"phase": "Suspended"},
+        spec(suspend=True),
+        {"pod": ended_pod(143, None, deleting=True)},
+        "Suspended",
+        None,
+        [],
+    ),
+    (
+        "resumed while the old pod terminates: wait",
+        {"phase": "Suspended"},
+        spec(),
+        {"pod": ended_pod(143, None, deleting=True)},
+        "Suspended",
+        None,
+        [],
+    ),
+    (
+        "evicted through the API: wait for the pod to go",
+        {"phase": "Running"},
+        spec(),
+        {"pod": ended_pod(143, None, deleting=True)},
+        "Running",
+        None,
+        [],
+    ),
+    (
+        "finished just before deletion counts",
+        {"phase": "Running"},
+        spec(),
+        {"pod": ended_pod(0, OK_RESULT, deleting=True)},
+        "Archiving",
+        "Completed",
+        [Action.DELETE_POD],
+    ),
+    # Archiving.
+    (
+        "archiving waits for the pod to go",
+        {"phase": "Archiving", "outcome": "Succeeded"},
+        spec(),
+        {"pod": ended_pod(0, OK_RESULT)},
+        "Archiving",
+        None,
+        [Action.DELETE_POD],
+    ),
+    (
+        "archiving checks storage",
+        {"phase": "Archiving", "outcome": "Succeeded"},
+        spec(),
+        {},
+        "Archiving",
+        None,
+        [Action.CHECK_STORAGE],
+    ),
+    (
+        "storage ok -> start archiver",
+        {"phase": "Archiving", "outcome": "Succeeded"},
+        spec(),
+        {"storage": StorageResult(StorageState.OK)},
+        "Archiving",
+        None,
+        [Action.START_ARCHIVE],
+    ),
+    (
+        "storage down -> stay",
+        {"phase": "Archiving", "outcome": "Succeeded"},
+        spec(),
+        {"storage": StorageResult(StorageState.TRANSIENT, "connection refused")},
+        "Archiving",
+        None,
+        [],
+    ),
+    (
+        "storage denied -> failed",
+        {"phase": "Archiving", "outcome": "Succeeded"},
+        spec(),
+        {"storage": StorageResult(StorageState.PERMANENT, "AccessDenied")},
+        "Failed",
+        "ArchiveFailed",
+        [],
+    ),
+    (
+        "no storage configured -> agent outcome, PVC kept",
+        {"phase": "Archiving", "outcome": "Succeeded", "reason": "Completed"},
+        spec(),
+        {"storage": StorageResult(StorageState.NOT_CONFIGURED, "not configured")},
+        "Succeeded",
+        "Completed",
+        [],
+    ),
+    (
+        "archiver running",
+        {"phase": "Archiving", "outcome": "Succeeded"},
+        spec(),
+        {"archive": ArchiveJobView()},
+        "Archiving",
+        None,
+        [],
+    ),
+    (
+        "archiver done -> confirm",
+        {"phase": "Archiving", "outcome": "Succeeded"},
+        spec(),
+        {"archive": ArchiveJobView(succeeded=True)},
+        "Archiving",
+        None,
+        [Action.CONFIRM_ARCHIVE],
+    ),
+    (
+        "confirmed -> agent's success, cleanup",
+        {"phase": "Archiving", "outcome": "Succeeded", "reason": "Completed"},
+        spec(),
+        {
+            "archive": ArchiveJobView(succeeded=True),
+            "storage": StorageResult(StorageState.OK, artifact=ARTIFACT),
+        },
+        "Succeeded",
+        "Completed",
+        [Action.CLEANUP],
+    ),
+    (
+        "confirmed -> agent's failure, cleanup",
+        {"phase": "Archiving", "outcome": "Failed", "reason": "DeadlineExceeded"},
+        spec(),
+        {
+            "archive": ArchiveJobView(succeeded=True),
+            "storage": StorageResult(StorageState.OK, artifact=ARTIFACT),
+        },
+        "Failed",
+        "DeadlineExceeded",
+        [Action.CLEANUP],
+    ),
+    (
+        "size mismatch -> retry archiver",
+        {"phase": "Archiving", "outcome": "Succeeded"},
+        spec(),
+        {
+            "archive": ArchiveJobView(succeeded=True),
+            "storage": StorageResult(StorageState.MISMATCH, "size"),
+        },
+        "Archiving",
+        None,
+        [Action.DELETE_ARCHIVE_JOB],
+    ),
+    (
+        "archiver permanent error -> failed",
+        {"phase": "Archiving", "outcome": "Succeeded"},
+        spec(),
+        {
+            "archive": ArchiveJobView(
+                failed=True, termination_message='{"error": "AccessDenied", "permanent": true}'
+            )
+        },
+        "Failed",
+        "ArchiveFailed",
+        [],
+    ),
+    (
+        "archiver crashed -> retry",
+        {"phase": "Archiving", "outcome": "Succeeded"},
+        spec(),
+        {"archive": ArchiveJobView(failed=True, termination_message="OOMKilled")},
+        "Archiving",
+        None,
+        [Action.DELETE_ARCHIVE_JOB],
+    ),
+    (
+        "archiver transient error -> retry",
+        {"phase": "Archiving", "outcome": "Succeeded"},
+        spec(),
+        {
+            "archive": ArchiveJobView(
+                failed=True, termination_message='{"error": "timeout", "permanent": false}'
+            )
+        },
+        "Archiving",
+        None,
+        [Action.DELETE_ARCHIVE_JOB],
+    ),
+    (
+        "suspend is ignored while archiving",
+        {"phase": "Archiving", "outcome": "Succeeded"},
+        spec(suspend=True),
+        {"archive": ArchiveJobView()},
+        "Archiving",
+        None,
+        [],
+    ),
+    # Finished.
+    (
+        "finished stays, leftover pod deleted",
+        {"phase": "Failed"},
+        spec(),
+        {"pod": ended_pod(1)},
+        "Failed",
+        None,
+        [Action.DELETE_POD],
+    ),
+    (
+        "succeeded with artifact finishes cleanup",
+        {"phase": "Succeeded", "artifact": ARTIFACT},
+        spec(),
+        {},
+        "Succeeded",
+        None,
+        [Action.CLEANUP],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("before", "s", "extra", "phase", "reason", "actions"),
+    [row[1:] for row in TABLE],
+    ids=[row[0] for row in TABLE],
+)
+def test_derive_status(
+    before: dict[str, Any],
+    s: CodingJobSpec,
+    extra: dict[str, Any],
+    phase: str,
+    reason: str | None,
+    actions: list[Action],
+) -> None:
+    decision = derive_status(observe(before, s, **extra))
+    assert phase_of(decision, before) == phase
+    if reason is not None:
+        assert decision.patch.get("reason", before.get("reason")) == reason
+    assert decision.actions == actions
+    if phase in ("Succeeded", "Failed") and before.get("phase") not in ("Succeeded", "Failed"):
+        assert decision.patch["completionTime"] == "2026-01-01T12:00:00Z"
+        complete = c.find_condition(decision.patch["conditions"], c.COMPLETE)
+        assert complete is not None and complete["status"] == "True"
+
+
+def test_phase_change_posts_one_event() -> None:
+    decision = derive_status(observe({"phase": "Pending"}, pod=running_pod()))
+    assert [(e.type, e.reason) for e in decision.events] == [("Normal", "PodRunning")]
+    again = derive_status(observe({**decision.patch, "phase": "Running"}, pod=running_pod()))
+    assert again.events == []
+
+
+def test_failures_post_warnings_naming_the_problem() -> None:
+    decision = derive_status(
+        observe({}, semantic_error=("SecretNotFound", "Secret 'openai' not found in namespace 'a'"))
+    )
+    warnings = [e for e in decision.events if e.type == "Warning"]
+    assert [(e.reason, e.message) for e in warnings] == [
+        ("SecretNotFound", "Failed: SecretNotFound: Secret 'openai' not found in namespace 'a'")
+    ]
+    assert decision.patch["message"] == "Secret 'openai' not found in namespace 'a'"
+
+
+def test_steady_state_patches_nothing() -> None:
+    first = derive_status(observe({"phase": "Pending"}, pod=running_pod()))
+    status = {"phase": "Pending", **first.patch}
+    assert derive_status(observe(status, pod=running_pod())).patch == {}
+
+
+def test_condition_transition_time_moves_only_on_status_change() -> None:
+    status = {
+        "phase": "Pending",
+        **derive_status(observe({"phase": "Pending"}, pod=running_pod())).patch,
+    }
+    later = Observation(
+        spec=spec(),
+        status=status,
+        generation=1,
+        now=NOW + datetime.timedelta(hours=1),
+        pod=running_pod(),
+    )
+    assert "conditions" not in derive_status(later).patch
+    suspended = Observation(
+        spec=spec(suspend=True),
+        status=status,
+        generation=2,
+        now=NOW + datetime.timedelta(hours=1),
+        pod=running_pod(),
+    )
+    ready = c.find_condition(derive_status(suspended).patch["conditions"], c.READY)
+    assert ready is not None and ready["status"] == "False"
+    assert ready["lastTransitionTime"] == "2026-01-01T13:00:00Z"
+
+
+def test_stats_fill_steps_tokens_and_budget_condition() -> None:
+    stats = StatsMessage.model_validate(
+        {
+            "steps": 4,
+            "tokens": {"used": 900, "limit": 1000, "pruned": 12, "window": 5},
+            "budgetExceeded": True,
+            "lastError": "budget spent",
+        }
+    )
+    decision = derive_status(observe({"phase": "Running"}, pod=running_pod(), stats=stats))
+    assert decision.patch["steps"] == 4
+    assert decision.patch["tokens"] == {"used": 900, "limit": 1000, "pruned": 12}
+    budget = c.find_condition(decision.patch["conditions"], c.BUDGET_EXCEEDED)
+    assert budget is not None and budget["status"] == "True"
+
+
+def test_agent_result_lands_in_status() -> None:
+    decision = derive_status(observe({"phase": "Running"}, pod=ended_pod(0, OK_RESULT)))
+    assert decision.patch["outcome"] == "Succeeded"
+    assert decision.patch["summary"] == "built"
+    assert decision.patch["steps"] == 9
+    assert decision.patch["tokens"]["used"] == 500
+
+
+def test_confirmed_archive_sets_artifact_and_url() -> None:
+    decision = derive_status(
+        observe(
+            {"phase": "Archiving", "outcome": "Succeeded", "reason": "Completed"},
+            archive=ArchiveJobView(succeeded=True),
+            storage=StorageResult(StorageState.OK, artifact=ARTIFACT),
+        )
+    )
+    assert decision.patch["artifact"] == ARTIFACT
+    assert decision.patch["downloadURL"] == ARTIFACT["url"]
+    archived = c.find_condition(decision.patch["conditions"], c.ARCHIVED)
+    assert archived is not None and archived["status"] == "True"
+
+
+def test_archive_attempts_count() -> None:
+    decision = derive_status(
+        observe(
+            {"phase": "Archiving", "outcome": "Succeeded", "archiveAttempts": 2},
+            storage=StorageResult(StorageState.OK),
+        )
+    )
+    assert decision.patch["archiveAttempts"] == 3
+
+
+def test_storage_outage_warns_once() -> None:
+    status = {"phase": "Archiving", "outcome": "Succeeded"}
+    down = StorageResult(StorageState.TRANSIENT, "connection refused")
+    first = derive_status(observe(status, storage=down))
+    assert [e.reason for e in first.events] == ["StorageUnavailable"]
+    second = derive_status(observe({**status, **first.patch}, storage=down))
+    assert second.events == [] and second.patch == {}
+
+
+POD = {
+    "metadata": {"name": "j-agent", "creationTimestamp": "2026-01-01T11:59:00Z"},
+    "status": {
+        "phase": "Failed",
+        "reason": "DeadlineExceeded",
+        "startTime": "2026-01-01T11:59:01Z",
+        "initContainerStatuses": [{"name": "context-manager", "state": {"running": {}}}],
+        "containerStatuses": [
+            {
+                "name": "agent",
+                "state": {"terminated": {"exitCode": 137, "reason": "Error", "message": "x"}},
+            }
+        ],
+    },
+}
+
+
+def test_pod_view() -> None:
+    view = pod_view(POD)
+    assert view.phase == "Failed" and view.reason == "DeadlineExceeded"
+    assert view.created_at == EARLIER
+    assert view.agent == ContainerView(terminated=True, exit_code=137, reason="Error", message="x")
+    assert view.sidecar is not None and view.sidecar.running
+
+
+def test_archive_view_takes_the_newest_pod() -> None:
+    job = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+
+    def pod(created: str, message: str) -> dict[str, Any]:
+        return {
+            "metadata": {"creationTimestamp": created},
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "archiver",
+                        "state": {"terminated": {"exitCode": 0, "message": message}},
+                    }
+                ]
+            },
+        }
+
+    view = archive_view(
+        job, [pod("2026-01-01T12:00:00Z", "new"), pod("2026-01-01T11:00:00Z", "old")]
+    )
+    assert view == ArchiveJobView(succeeded=True, termination_message="new")
+
+
+def test_archiver_that_cannot_start_is_explained() -> None:
+    job: dict[str, Any] = {"status": {}}
+    pod = {
+        "metadata": {"creationTimestamp": "2026-01-01T12:00:00Z"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "archiver",
+                    "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}},
+                }
+            ]
+        },
+    }
+    view = archive_view(job, [pod])
+    assert view == ArchiveJobView(waiting="ErrImagePull: not found")
+    decision = derive_status(observe({"phase": "Archiving", "outcome": "Succeeded"}, archive=view))
+    assert "phase" not in decision.patch
+    archived = c.find_condition(decision.patch["conditions"], c.ARCHIVED)
+    assert (
+        archived is not None
+        and archived["message"] == "archiver pod waiting: ErrImagePull: not found"
+    )
