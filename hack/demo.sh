@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# `make demo`: the main job in one command. Brings up the local cluster (or uses $KUBECONFIG),
+# builds and loads the images, installs the chart with MinIO, applies crds/samples/todo-app.yaml,
+# follows it to the end and downloads the workspace ZIP.
+#
+# Without LLM_BASE_URL/LLM_API_KEY/LLM_MODEL it uses the scripted demo model: a test fixture that
+# replays pre-written tool calls, not a real model. With them set it uses that real model.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NAMESPACE="${DEMO_NAMESPACE:-codingjob-demo}"
+SYSTEM_NAMESPACE="${SYSTEM_NAMESPACE:-codingjob-system}"
+RELEASE="${RELEASE:-codingjob}"
+MINIO_LOCAL_PORT="${MINIO_LOCAL_PORT:-9000}"
+TIMEOUT="${DEMO_TIMEOUT:-900}"
+OUT="${DEMO_OUT:-artifacts/demo}"
+JOB=todo-app
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+say "Installing system packages (Debian/Ubuntu)"
+hack/install-deps.sh
+make -s venv
+PY=.venv/bin/python
+
+if [ -z "${KUBECONFIG:-}" ]; then
+  say "Starting the local single-node cluster"
+  hack/cluster/up.sh
+  KUBECONFIG="${CODINGJOB_CLUSTER_DIR:-/var/lib/codingjob-cluster}/kubeconfig"
+  export KUBECONFIG
+  say "Building the images and loading them into the cluster"
+  hack/images.sh
+else
+  say "Using the cluster in KUBECONFIG=$KUBECONFIG (images must already be loaded there; see README)"
+fi
+KUBECTL="$(hack/cluster/build.sh kubectl 2>/dev/null || command -v kubectl)"
+HELM="$(hack/cluster/build.sh helm 2>/dev/null || command -v helm)"
+k() { "$KUBECTL" "$@"; }
+
+scripted=true
+if [ -n "${LLM_BASE_URL:-}" ]; then
+  : "${LLM_MODEL:?set LLM_MODEL together with LLM_BASE_URL}"
+  scripted=false
+fi
+
+say "Installing the operator chart (release $RELEASE in $SYSTEM_NAMESPACE)"
+hack/chart-sync.sh >/dev/null
+"$HELM" upgrade --install "$RELEASE" charts/codingjob-operator \
+  --namespace "$SYSTEM_NAMESPACE" --create-namespace \
+  --set scriptedModel.enabled="$scripted" \
+  --set storage.publicEndpoint="http://localhost:${MINIO_LOCAL_PORT}" \
+  --wait --timeout 5m
+
+k create namespace "$NAMESPACE" --dry-run=client -o yaml | k apply -f - >/dev/null
+# The API key lives in a Secret that only the context-manager sidecar reads.
+k -n "$NAMESPACE" create secret generic llm-credentials \
+  --from-literal=api-key="${LLM_API_KEY:-scripted-demo-key}" --dry-run=client -o yaml | k apply -f - >/dev/null
+
+# A finished job from an earlier run would only report its old result: start afresh.
+k -n "$NAMESPACE" delete codingjob "$JOB" --ignore-not-found --wait=true >/dev/null
+
+if $scripted; then
+  say "No LLM_BASE_URL set: using the SCRIPTED DEMO MODEL (a test fixture replaying pre-written tool calls)"
+  sed "s/namespace: default/namespace: ${NAMESPACE}/; s/codingjob-system.svc/${SYSTEM_NAMESPACE}.svc/" \
+    crds/samples/todo-app.yaml | k apply -f -
+else
+  say "Using the real model ${LLM_MODEL} at ${LLM_BASE_URL}"
+  "$PY" hack/demo_job.py crds/samples/todo-app.yaml --namespace "$NAMESPACE" \
+    --base-url "$LLM_BASE_URL" --model "$LLM_MODEL" | k apply -f -
+fi
+
+say "Following the job (phase, steps, tokens); logs: kubectl -n $NAMESPACE logs -f -l codingjob.dev/job=$JOB -c agent"
+deadline=$(( $(date +%s) + TIMEOUT ))
+shown_vnc=false
+phase=""
+while :; do
+  line=$(k -n "$NAMESPACE" get codingjob "$JOB" \
+    -o jsonpath='{.status.phase} {.status.steps} {.status.tokens.used} {.status.reason}' 2>/dev/null || true)
+  read -r phase steps tokens reason <<<"$line" || true
+  printf '  %s  phase=%-10s steps=%-4s tokens=%-8s %s\n' "$(date +%T)" "${phase:-?}" "${steps:-0}" "${tokens:-0}" "${reason:-}"
+  if [ "$phase" = Running ] && ! $shown_vnc; then
+    svc=$(k -n "$NAMESPACE" get codingjob "$JOB" -o jsonpath='{.status.service.name}')
+    password=$(k -n "$NAMESPACE" get secret "$JOB-session" -o jsonpath='{.data.vnc-password}' | base64 -d)
+    echo "  Watch the agent's desktop:  kubectl -n $NAMESPACE port-forward svc/$svc 6080:6080"
+    echo "  then open http://localhost:6080/vnc.html?autoconnect=1  (VNC password: $password)"
+    shown_vnc=true
+  fi
+  case "$phase" in Succeeded|Failed) break ;; esac
+  if [ "$(date +%s)" -ge "$deadline" ]; then echo "timed out after ${TIMEOUT}s" >&2; exit 1; fi
+  sleep 3
+done
+
+say "kubectl get codingjobs -o wide"
+k -n "$NAMESPACE" get codingjobs -o wide
+
+url=$(k -n "$NAMESPACE" get codingjob "$JOB" -o jsonpath='{.status.downloadURL}')
+if [ -z "$url" ]; then
+  echo "No download URL: $(k -n "$NAMESPACE" get codingjob "$JOB" -o jsonpath='{.status.message}')" >&2
+  exit 1
+fi
+say "Downloading the workspace through a port-forward to MinIO (localhost:${MINIO_LOCAL_PORT})"
+minio_svc=$(k -n "$SYSTEM_NAMESPACE" get svc -l app.kubernetes.io/component=minio -o jsonpath='{.items[0].metadata.name}')
+k -n "$SYSTEM_NAMESPACE" port-forward "svc/$minio_svc" "${MINIO_LOCAL_PORT}:9000" >/dev/null 2>&1 &
+pf=$!
+trap 'kill $pf 2>/dev/null || true' EXIT
+mkdir -p "$OUT"
+for _ in $(seq 1 50); do
+  curl -fsS -o "$OUT/workspace.zip" "$url" 2>/dev/null && break
+  sleep 0.2
+done
+[ -s "$OUT/workspace.zip" ] || { echo "download failed: $url" >&2; exit 1; }
+echo "Download URL: $url"
+echo "Saved to $OUT/workspace.zip; its files:"
+unzip -l "$OUT/workspace.zip"
+[ "$phase" = Succeeded ]
