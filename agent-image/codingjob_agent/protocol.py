@@ -140,5 +140,7 @@ class AgentResult(_Strict):
 
     def termination_message(self) -> str:
         """The JSON the kubelet keeps as the termination message, within its 4096-byte cap."""
-        short = self.model_copy(update={"summary": self.summary[:1024], "message": self.message[:1024]})
+        short = self.model_copy(
+            update={"summary": self.summary[:1024], "message": self.message[:1024]}
+        )
         return short.model_dump_json()

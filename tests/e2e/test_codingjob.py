@@ -1,0 +1,356 @@
+"""A CodingJob from `kubectl apply` to the downloaded ZIP, on the real cluster, as a user would."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.stream import stream
+
+from tests.e2e.conftest import ARTIFACTS, Jobs, operator_logs, port_forward, wait_for
+
+pytestmark = pytest.mark.e2e
+
+#: Files the todo-app scenario writes into the workspace.
+TODO_APP_FILES = {
+    "todo-app/index.html",
+    "todo-app/app.js",
+    "todo-app/todo.js",
+    "todo-app/todo.test.js",
+}
+
+
+def download(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        body: bytes = response.read()
+        return body
+
+
+def check_archive(status: dict[str, Any]) -> zipfile.ZipFile:
+    """The status's URL serves a ZIP whose size and sha256 are the ones status reports."""
+    artifact = status["artifact"]
+    assert status["downloadURL"] == artifact["url"]
+    body = download(status["downloadURL"])
+    assert len(body) == artifact["size"]
+    assert hashlib.sha256(body).hexdigest() == artifact["sha256"]
+    archive = zipfile.ZipFile(io.BytesIO(body))
+    assert archive.testzip() is None
+    return archive
+
+
+def desktop_is_not_blank(port: int, password: str, path: str) -> int:
+    """Open noVNC in headless Chromium, log in, save a screenshot; return the colours it shows."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(
+                f"http://127.0.0.1:{port}/vnc.html?autoconnect=1&resize=scale&password={password}"
+            )
+            page.wait_for_selector("#noVNC_container canvas", state="attached", timeout=20_000)
+            # The canvas fills once the first framebuffer update arrives.
+            colours = 0
+            deadline = time.monotonic() + 20
+            while colours < 3 and time.monotonic() < deadline:
+                page.wait_for_timeout(500)
+                colours = int(
+                    page.evaluate(
+                        """() => {
+                        const c = document.querySelector('#noVNC_container canvas');
+                        if (!c || !c.width) return 0;
+                        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                        const seen = new Set();
+                        for (let i = 0; i < d.length; i += 4 * 97)
+                            seen.add((d[i] << 16) | (d[i+1] << 8) | d[i+2]);
+                        return seen.size;
+                    }"""
+                    )
+                )
+            page.screenshot(path=path)
+            return colours
+        finally:
+            browser.close()
+
+
+def exec_in_agent(core: client.CoreV1Api, namespace: str, pod: str, command: str) -> str:
+    out: str = stream(
+        core.connect_get_namespaced_pod_exec,
+        pod,
+        namespace,
+        container="agent",
+        command=["/bin/sh", "-c", command],
+        stderr=True,
+        stdin=False,
+        stdout=True,
+        tty=False,
+    )
+    return out
+
+
+def test_happy_path(jobs: Jobs, minio_forward: int, kube_api: client.ApiClient) -> None:
+    """apply → Running with progress → desktop and Jupyter reachable → Succeeded → ZIP downloads."""
+    name = "todo"
+    jobs.apply(jobs.manifest(name, "todo-app", task="Build me a todo app in React"))
+
+    running = jobs.wait_phase(name, {"Running"}, timeout=180)
+    pod = jobs.agent_pod(name)
+    assert pod is not None
+    assert [c.name for c in pod.spec.containers] == ["agent"]
+    sidecar = next(c for c in pod.spec.init_containers if c.name == "context-manager")
+    assert sidecar.restart_policy == "Always"
+
+    # Progress shows up in status (and so in `kubectl get codingjobs`) while the agent works.
+    first = wait_for(
+        "steps in status",
+        lambda: (jobs.status(name).get("steps") or 0) >= 1 and jobs.status(name),
+        120,
+    )
+    assert first["tokens"]["used"] > 0
+
+    # Look over the agent's shoulder: noVNC through a port-forward to the desktop Service.
+    service = running.get("service") or jobs.status(name)["service"]
+    session = jobs.core.read_namespaced_secret(f"{name}-session", jobs.namespace)
+    password = base64.b64decode(session.data["vnc-password"]).decode()
+    token = base64.b64decode(session.data["jupyter-token"]).decode()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "novnc-desktop.png"
+    with port_forward(jobs.namespace, f"svc/{service['name']}", 6080) as novnc:
+        colours = desktop_is_not_blank(novnc, password, str(shot))
+    assert shot.stat().st_size > 0
+    assert colours >= 3, f"desktop screenshot looks blank ({colours} colours), see {shot}"
+
+    # Jupyter answers only with the token.
+    with port_forward(jobs.namespace, f"svc/{service['name']}", 8888) as jupyter:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            download(f"http://127.0.0.1:{jupyter}/api/status")
+        assert refused.value.code in (401, 403)
+        assert json.loads(download(f"http://127.0.0.1:{jupyter}/api/status?token={token}"))
+
+    later = wait_for(
+        "steps rising",
+        lambda: (
+            s
+            if (s := jobs.status(name)).get("phase") != "Running"
+            or (s.get("steps") or 0) > first["steps"]
+            else None
+        ),
+        120,
+    )
+    assert later["phase"] != "Running" or later["steps"] > first["steps"]
+
+    done = jobs.wait_phase(name, {"Succeeded", "Failed"}, timeout=300)
+    assert done["phase"] == "Succeeded", done
+    archive = check_archive(done)
+    names = set(archive.namelist())
+    assert names >= TODO_APP_FILES, sorted(names)
+    assert "context.jsonl" in names
+
+    # The workspace is deleted only after the archive is confirmed.
+    wait_for(
+        "pod and PVC gone", lambda: not (c := jobs.children(name))["pods"] and not c["pvcs"], 60
+    )
+
+    wide = jobs.kubectl("get", "cjob", name, "-n", jobs.namespace, "-o", "wide").stdout
+    assert "URL" in wide.splitlines()[0]
+    assert done["downloadURL"] in wide
+
+
+def test_agent_failure_is_archived(jobs: Jobs, minio_forward: int) -> None:
+    """An agent that gives up ends Failed with its reason, and its workspace is still archived."""
+    name = "gives-up"
+    jobs.apply(jobs.manifest(name, "fail"))
+    done = jobs.wait_phase(name, {"Succeeded", "Failed"}, timeout=300)
+    assert done["phase"] == "Failed"
+    assert done.get("reason"), done
+    check_archive(done)
+
+
+def test_deadline(jobs: Jobs, minio_forward: int) -> None:
+    """activeDeadlineSeconds ends a job that never finishes: Failed, DeadlineExceeded, archived."""
+    name = "forever"
+    jobs.apply(jobs.manifest(name, "never-finish", limits={"activeDeadlineSeconds": 20}))
+    done = jobs.wait_phase(name, {"Succeeded", "Failed"}, timeout=300)
+    assert done["phase"] == "Failed"
+    assert done["reason"] == "DeadlineExceeded", done
+    check_archive(done)
+
+
+def test_suspend_and_resume(jobs: Jobs, minio_forward: int) -> None:
+    """suspend keeps the workspace and conversation; resume continues them in a new pod."""
+    name = "pausable"
+    jobs.apply(jobs.manifest(name, "resume"))
+    jobs.wait_phase(name, {"Running"}, timeout=180)
+    wait_for("two steps", lambda: (jobs.status(name).get("steps") or 0) >= 2, 120)
+    first_pod = jobs.agent_pod(name)
+    assert first_pod is not None
+
+    jobs.patch_spec(name, {"suspend": True})
+    jobs.wait_phase(name, {"Suspended"}, timeout=120)
+    wait_for("agent pod gone", lambda: jobs.agent_pod(name) is None, 60)
+    assert jobs.children(name)["pvcs"], "the workspace PVC must survive a suspend"
+
+    jobs.patch_spec(name, {"suspend": False})
+    wait_for(
+        "a new agent pod",
+        lambda: (
+            (p := jobs.agent_pod(name)) is not None and p.metadata.uid != first_pod.metadata.uid
+        ),
+        120,
+    )
+    done = jobs.wait_phase(name, {"Succeeded", "Failed"}, timeout=300)
+    assert done["phase"] == "Succeeded", done
+    archive = check_archive(done)
+    journal = [json.loads(line) for line in archive.read("context.jsonl").splitlines() if line]
+    stored = [m for r in journal if r.get("op") == "messages" for m in r["messages"]]
+    systems = [m for m in stored if m.get("role") == "system"]
+    assert len(systems) == 1, "the resumed pod must continue the conversation, not start over"
+
+
+def test_delete_while_running(jobs: Jobs, kube_api: client.ApiClient) -> None:
+    """Deleting a running job removes every child within 30 s, and the operator logs no error."""
+    name = "doomed"
+    jobs.apply(jobs.manifest(name, "never-finish"))
+    jobs.wait_phase(name, {"Running"}, timeout=180)
+    started = time.monotonic()
+    jobs.kubectl("delete", "cjob", name, "-n", jobs.namespace, "--wait=false")
+    wait_for("all children gone", lambda: not any(jobs.children(name).values()), 30, interval=0.5)
+    assert time.monotonic() - started <= 30
+    logs = operator_logs(kube_api, since_seconds=120)
+    errors = [line for line in logs.splitlines() if " ERROR " in line or "Traceback" in line]
+    assert not errors, "\n".join(errors)
+
+
+# Each is rejected by the API server's schema validation with a message naming the field.
+INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
+    ("missing-task", {"task": None}, "task"),
+    ("empty-task", {"task": ""}, "task"),
+    ("oversize-task", {"task": "x" * 40_000}, "task"),
+    ("negative-deadline", {"limits": {"activeDeadlineSeconds": -5}}, "activeDeadlineSeconds"),
+    ("unknown-strategy", {"context": {"strategy": "forget-everything"}}, "strategy"),
+    ("task-wrong-type", {"task": 42}, "task"),
+    ("steps-wrong-type", {"limits": {"maxSteps": "many"}}, "maxSteps"),
+    ("expiry-too-long", {"artifacts": {"urlExpirySeconds": 10_000_000}}, "urlExpirySeconds"),
+    ("bad-egress", {"network": {"egress": "Everywhere"}}, "egress"),
+    (
+        "bad-cidr",
+        {"network": {"egress": "Restricted", "allowedCIDRs": ["not-a-cidr"]}},
+        "allowedCIDRs",
+    ),
+    ("tiny-context", {"context": {"maxTokens": 10}}, "maxTokens"),
+    (
+        "secret-ref-without-key",
+        {"model": {"baseURL": "http://m:8000/v1", "name": "m", "apiKeySecretRef": {"name": "s"}}},
+        "key",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "override", "field"), INVALID_SPECS, ids=[c[0] for c in INVALID_SPECS]
+)
+def test_bad_spec_is_rejected(jobs: Jobs, name: str, override: dict[str, Any], field: str) -> None:
+    manifest = jobs.manifest(name, "todo-app")
+    for key, value in override.items():
+        if value is None:
+            manifest["spec"].pop(key, None)
+        else:
+            manifest["spec"][key] = value
+    result = jobs.apply(manifest, check=False)
+    assert result.returncode != 0, f"{name} was accepted"
+    assert field in result.stderr, result.stderr
+
+
+def test_missing_secret_fails_with_reason(jobs: Jobs, operator_restarts: Callable[[], int]) -> None:
+    """What a schema cannot check ends Failed with a reason that names the problem."""
+    before = operator_restarts()
+    manifest = jobs.manifest("no-secret", "todo-app")
+    manifest["spec"]["model"]["apiKeySecretRef"] = {"name": "does-not-exist", "key": "api-key"}
+    jobs.apply(manifest)
+    done = jobs.wait_phase("no-secret", {"Failed"}, timeout=120)
+    assert "does-not-exist" in (done.get("message") or ""), done
+    assert operator_restarts() == before, "bad input must never crash the operator"
+
+
+def test_sandbox_boundaries(jobs: Jobs, operator_release: str, kube_api: client.ApiClient) -> None:
+    """Inside the agent container: no token, no LLM key, no MinIO credentials, no privileges."""
+    name = "boxed"
+    jobs.apply(jobs.manifest(name, "never-finish"))
+    jobs.wait_phase(name, {"Running"}, timeout=180)
+    pod = wait_for(
+        "agent running",
+        lambda: (p := jobs.agent_pod(name)) and p.status.phase == "Running" and p,
+        60,
+    )
+    api_key = base64.b64decode(
+        jobs.core.read_namespaced_secret("llm-credentials", jobs.namespace).data["api-key"]
+    ).decode()
+    # The chart's storage credentials (bundled MinIO): the Secret with the S3 key pair.
+    storage = [
+        s
+        for s in jobs.core.list_namespaced_secret(operator_release).items
+        if {"access-key", "secret-key"} <= set(s.data or {})
+    ]
+    assert storage, "the storage credentials Secret was not found"
+    minio_values = [base64.b64decode(v).decode() for v in storage[0].data.values()]
+
+    run = lambda cmd: exec_in_agent(jobs.core, jobs.namespace, pod.metadata.name, cmd)  # noqa: E731
+    assert (
+        run(
+            "test -e /var/run/secrets/kubernetes.io/serviceaccount/token && echo yes || echo no"
+        ).strip()
+        == "no"
+    )
+    assert run("id -u").strip() == "1000"
+    capabilities = dict(
+        line.split(":\t")
+        for line in run("grep ^Cap /proc/self/status").splitlines()
+        if ":\t" in line
+    )
+    assert int(capabilities["CapEff"], 16) == 0 and int(capabilities["CapPrm"], 16) == 0
+    assert run("grep NoNewPrivs /proc/self/status").split()[-1] == "1"
+    environment = run("cat /proc/1/environ | tr '\\0' '\\n'; env")
+    # Everything the agent can read: its environment, the workspace, its home, /tmp, /etc, /opt.
+    for secret in [api_key, *minio_values]:
+        assert secret not in environment
+        hits = run(
+            f"grep -rIlF -- '{secret}' /workspace /tmp /etc /opt /var/run 2>/dev/null"
+            " | head -5 || true"
+        )
+        assert not hits.strip(), f"a secret value is readable in the sandbox: {hits}"
+    jobs.kubectl("delete", "cjob", name, "-n", jobs.namespace, "--wait=false")
+
+
+def test_printer_columns(jobs: Jobs) -> None:
+    """`kubectl get codingjobs` shows phase, steps, tokens and age; -o wide adds the URL."""
+    jobs.apply(jobs.manifest("columns", "never-finish"))
+    jobs.wait_phase("columns", {"Running"}, timeout=180)
+    header = jobs.kubectl("get", "cjob", "-n", jobs.namespace).stdout.splitlines()[0].split()
+    assert header[:5] == ["NAME", "PHASE", "STEPS", "TOKENS", "AGE"]
+    wide = (
+        jobs.kubectl("get", "cjob", "-n", jobs.namespace, "-o", "wide")
+        .stdout.splitlines()[0]
+        .split()
+    )
+    assert "URL" in wide
+    jobs.kubectl("delete", "cjob", "columns", "-n", jobs.namespace, "--wait=false")
