@@ -48,6 +48,7 @@ hack/chart-sync.sh >/dev/null
 "$HELM" upgrade --install "$RELEASE" charts/codingjob-operator \
   --namespace "$SYSTEM_NAMESPACE" --create-namespace \
   --set scriptedModel.enabled="$scripted" \
+  --set "watchNamespaces={$NAMESPACE}" \
   --set storage.publicEndpoint="http://localhost:${MINIO_LOCAL_PORT}" \
   --wait --timeout 5m
 

@@ -205,6 +205,10 @@ def operator_release(kubeconfig: str, kube_api: client.ApiClient) -> Iterator[st
         "--create-namespace",
         "--set",
         "scriptedModel.enabled=true",
+        # Only the tests' namespaces (tests/fixtures/cluster.py names them t-...): an operator
+        # installed by `make demo` on the same cluster keeps its own jobs, and so does this one.
+        "--set",
+        "watchNamespaces={t-*}",
         # Each scripted turn waits a little, like a real model, so a test can watch it running.
         "--set",
         "scriptedModel.turnDelaySeconds=2",
