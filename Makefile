@@ -61,10 +61,7 @@ test-unit: venv ## Unit tests: no network, no cluster.
 
 .PHONY: test-integration
 test-integration: venv cluster-up images ## Integration tests on the local cluster, MinIO and the images.
-	# The in-process operator (kopf's KopfRunner) gets a pytest process of its own: after the
-	# other integration modules in the same process it stops receiving events (under study).
-	$(PYTEST) tests/integration/test_operator.py
-	$(PYTEST) tests/integration --ignore=tests/integration/test_operator.py
+	$(PYTEST) tests/integration
 
 .PHONY: e2e
 e2e: venv cluster-up images ## End-to-end: the chart on the cluster, a CodingJob from apply to ZIP.
