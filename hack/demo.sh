@@ -62,12 +62,12 @@ k -n "$NAMESPACE" delete codingjob "$JOB" --ignore-not-found --wait=true >/dev/n
 
 if $scripted; then
   say "No LLM_BASE_URL set: using the SCRIPTED DEMO MODEL (a test fixture replaying pre-written tool calls)"
-  sed "s/namespace: default/namespace: ${NAMESPACE}/; s/codingjob-system.svc/${SYSTEM_NAMESPACE}.svc/" \
-    crds/samples/todo-app.yaml | k apply -f -
+  sed "s/codingjob-system.svc/${SYSTEM_NAMESPACE}.svc/" crds/samples/todo-app.yaml |
+    k -n "$NAMESPACE" apply -f -
 else
   say "Using the real model ${LLM_MODEL} at ${LLM_BASE_URL}"
   "$PY" hack/demo_job.py crds/samples/todo-app.yaml --namespace "$NAMESPACE" \
-    --base-url "$LLM_BASE_URL" --model "$LLM_MODEL" | k apply -f -
+    --base-url "$LLM_BASE_URL" --model "$LLM_MODEL" | k -n "$NAMESPACE" apply -f -
 fi
 
 say "Following the job (phase, steps, tokens); logs: kubectl -n $NAMESPACE logs -f -l codingjob.dev/job=$JOB -c agent"
