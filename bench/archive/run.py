@@ -30,6 +30,7 @@ from minio import Minio  # noqa: E402  # the baseline's upload, as a user would 
 from minio.commonconfig import REPLACE, CopySource  # noqa: E402
 
 from tests.fixtures.minio import MinioServer, _binary  # noqa: E402
+from tests.fixtures.process import high_water_rss  # noqa: E402
 
 MiB = 1024 * 1024
 TOTAL_BYTES = 1024 * MiB
@@ -133,21 +134,6 @@ class Result:
     max_rss: int
     size: int = 0
     stderr: str = ""
-
-
-def high_water_rss(pid: int) -> int:
-    """Peak RSS of the program ``pid`` runs now (``VmHWM``; exec resets it), 0 once it is gone.
-
-    Not ``wait4``'s ``ru_maxrss``: a child spawned by vfork counts the parent's memory there.
-    """
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Result:

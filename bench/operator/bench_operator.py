@@ -21,10 +21,11 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
+
+from tests.fixtures.process import high_water_rss
 
 GROUP, VERSION, PLURAL = "codingjob.dev", "v1alpha1", "codingjobs"
 NO_NODE = {"codingjob.dev/bench": "no-such-node"}
@@ -65,13 +66,6 @@ class PodWatch(threading.Thread):
                     self.seen[owner] = time.monotonic()
                 if self.stop.is_set():
                     break
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> int:
@@ -197,7 +191,7 @@ def main() -> int:
         print(
             f"all {args.count} CodingJobs with a status after: {status_done or float('nan'):.1f} s"
         )
-        print(f"operator peak memory (VmHWM): {peak_rss_mib(operator.pid):.1f} MiB")
+        print(f"operator peak memory (VmHWM): {high_water_rss(operator.pid) / 2**20:.1f} MiB")
         return 0
     finally:
         jobs_watch.stop.set()

@@ -23,6 +23,7 @@ import pytest
 from codingjob_operator.storage import ArtifactStore, StorageSettings
 
 from tests.fixtures.minio import MinioServer, free_port
+from tests.fixtures.process import high_water_rss
 
 pytestmark = pytest.mark.minio
 
@@ -101,21 +102,6 @@ class Archiver:
             message=json.loads(text) if text else {},
             stderr=self.stderr(),
         )
-
-
-def high_water_rss(pid: int) -> int:
-    """Peak RSS of the program ``pid`` runs now (``VmHWM``; exec resets it), 0 once it is gone.
-
-    Not ``wait4``'s ``ru_maxrss``: a child spawned by vfork counts the parent's memory there.
-    """
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 @pytest.fixture
