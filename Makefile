@@ -53,7 +53,7 @@ crd: venv ## Regenerate crds/codingjob.yaml from the pydantic models (a unit tes
 ##@ Tests
 
 .PHONY: test
-test: lint test-unit test-integration e2e ## Run every test: unit, integration (cluster, MinIO, images) and e2e.
+test: lint test-unit bench-quick-local test-integration e2e bench-quick-cluster ## Run every test: unit, quick benchmarks, integration (cluster, MinIO, images) and e2e.
 
 .PHONY: test-unit
 test-unit: venv ## Unit tests: no network, no cluster.
@@ -91,21 +91,44 @@ tools: ## Build (once; then cached) Kubernetes, etcd, CoreDNS, pause, helm, MinI
 
 ##@ Benchmarks
 
+# Every bench-X passes $(BENCH_ARGS) to its script, and every script accepts --quick: the same code
+# with a small N, printing its ratios and asserting none. `make test` runs them all that way
+# (bench-quick), so a benchmark that breaks fails CI. Add a new bench target to BENCH_LOCAL when it
+# needs no cluster, to BENCH_CLUSTER when it does (a unit test checks that every one is listed).
+BENCH_ARGS ?=
+BENCH_LOCAL := bench-agent bench-context bench-archive
+BENCH_CLUSTER := bench-operator
+
 .PHONY: bench-agent
 bench-agent: venv ## Agent overhead per step without the model, vs a bare `bash -c true`.
-	$(PY) agent-image/benchmarks/bench_agent.py
+	$(PY) agent-image/benchmarks/bench_agent.py $(BENCH_ARGS)
 
 .PHONY: bench-operator
 bench-operator: venv cluster-up ## 200 CodingJobs vs 200 Jobs at once: create-to-pod p50/p99 ratio, operator memory.
-	KUBECONFIG=$${KUBECONFIG:-$${CODINGJOB_CLUSTER_DIR:-/var/lib/codingjob-cluster}/kubeconfig} $(PY) bench/operator/bench_operator.py
+	KUBECONFIG=$${KUBECONFIG:-$${CODINGJOB_CLUSTER_DIR:-/var/lib/codingjob-cluster}/kubeconfig} $(PY) bench/operator/bench_operator.py $(BENCH_ARGS)
 
 .PHONY: bench-archive
 bench-archive: venv ## 1 GiB / 20,000-file workspace: archiver streaming to MinIO vs `zip -r` + upload; ratio, peak memory.
-	nice $(PY) bench/archive/run.py
+	nice $(PY) bench/archive/run.py $(BENCH_ARGS)
 
 .PHONY: bench-context
 bench-context: venv ## Sidecar at 1M tokens: 1 KiB append vs full re-count, prune time, resident memory.
-	nice $(PY) bench/context/bench_context.py
+	nice $(PY) bench/context/bench_context.py $(BENCH_ARGS)
+
+.PHONY: bench-quick
+bench-quick: bench-quick-local bench-quick-cluster ## Every benchmark in its quick mode (small N, same code; `make test` runs it).
+
+.PHONY: bench-quick-local
+bench-quick-local: venv ## The benchmarks that need no cluster, in their quick mode.
+	for target in $(BENCH_LOCAL); do \
+	  echo "== $$target (quick)"; $(MAKE) --no-print-directory "$$target" BENCH_ARGS=--quick; \
+	done
+
+.PHONY: bench-quick-cluster
+bench-quick-cluster: venv cluster-up ## The benchmarks that need the cluster, in their quick mode.
+	for target in $(BENCH_CLUSTER); do \
+	  echo "== $$target (quick)"; $(MAKE) --no-print-directory "$$target" BENCH_ARGS=--quick; \
+	done
 
 ##@ Chart
 

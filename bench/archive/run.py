@@ -5,7 +5,9 @@ symlinks) is generated once into ``$CODINGJOB_CACHE/bench/archive-workspace-v1``
 run on the same machine in the same run against the same MinIO, with a warm page cache. Prints
 wall times, the ratio baseline/ours (>= 1.0 means ours is at least as fast) and peak memory.
 
-    make bench-archive        # or: .venv/bin/python bench/archive/run.py [--rounds N]
+    make bench-archive        # or: .venv/bin/python bench/archive/run.py [--rounds N] [--quick]
+
+``--quick`` runs the same code on a 16 MiB, 400-file data set (a smoke test for CI).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from tests.fixtures.process import high_water_rss  # noqa: E402
 MiB = 1024 * 1024
 TOTAL_BYTES = 1024 * MiB
 FILES = 20_000
+QUICK_BYTES = 16 * MiB
+QUICK_FILES = 400
 DATASET_VERSION = "v1"
 #: Share of the bytes in already-compressed binaries (images, archives, packs); the rest is text.
 BINARY_SHARE = 0.35
@@ -65,18 +69,18 @@ def _text_pool(rng: random.Random, size: int) -> bytes:
     return "".join(lines).encode()[:size]
 
 
-def generate(root: Path) -> None:
-    """Write the data set (deterministic layout, ~1 GiB, ~20,000 files) into ``root``."""
+def generate(root: Path, total_bytes: int = TOTAL_BYTES, files: int = FILES) -> None:
+    """Write the data set (deterministic layout, ``total_bytes`` in ``files``) into ``root``."""
     rng = random.Random(20260212)
     tmp = root.with_name(root.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    pool = _text_pool(rng, 32 * MiB)
-    binaries = 120
-    text_files = FILES - binaries
-    binary_bytes = int(TOTAL_BYTES * BINARY_SHARE)
-    text_bytes = TOTAL_BYTES - binary_bytes
-    dirs = [tmp / f"pkg{i // 40}" / f"mod{i % 40}" for i in range(800)]
+    pool = _text_pool(rng, min(32 * MiB, total_bytes))
+    binaries = max(1, files * 120 // FILES)
+    text_files = files - binaries
+    binary_bytes = int(total_bytes * BINARY_SHARE)
+    text_bytes = total_bytes - binary_bytes
+    dirs = [tmp / f"pkg{i // 40}" / f"mod{i % 40}" for i in range(max(40, files * 800 // FILES))]
     for d in dirs:
         d.mkdir(parents=True)
     for i in range(40):
@@ -103,12 +107,16 @@ def generate(root: Path) -> None:
     tmp.rename(root)
 
 
-def dataset() -> Path:
-    root = cache_dir() / "bench" / f"archive-workspace-{DATASET_VERSION}"
+def dataset(quick: bool) -> Path:
+    name = f"archive-workspace-{DATASET_VERSION}" + ("-quick" if quick else "")
+    root = cache_dir() / "bench" / name
     if not root.is_dir():
         print(f"generating the data set in {root} (once) ...", flush=True)
         started = time.monotonic()
-        generate(root)
+        if quick:
+            generate(root, QUICK_BYTES, QUICK_FILES)
+        else:
+            generate(root)
         print(f"  done in {time.monotonic() - started:.0f}s", flush=True)
     return root
 
@@ -180,9 +188,12 @@ def run_baseline(client: Minio, root: Path, bucket: str, key: str, scratch: Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of each")
+    parser.add_argument(
+        "--quick", action="store_true", help="a 16 MiB, 400-file data set (CI smoke test)"
+    )
     args = parser.parse_args()
 
-    root = dataset()
+    root = dataset(args.quick)
     files, size = warm(root)
     print(f"data set: {files} files, {size / MiB:.0f} MiB in {root}")
     scratch = Path(tempfile.mkdtemp(prefix="bench-archive-", dir=cache_dir()))

@@ -5,10 +5,13 @@ Prints, each against a baseline measured in the same run:
   vs counting the whole context again, as a store without per-message counts must (goal >= 200x);
 * pruning at the limit with ``window`` and ``mask-observations`` (goal < 50 ms);
 * resident memory of the sidecar process holding 1M tokens vs holding none (goal < 300 MiB).
+
+``--quick`` runs the same code at 20,000 tokens with fewer repeats (a smoke test for CI).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import random
@@ -30,6 +33,7 @@ from codingjob_agent.context.settings import Settings, Strategy
 from codingjob_agent.context.tokens import counter_for
 
 TARGET_TOKENS = 1_000_000
+QUICK_TOKENS = 20_000
 COUNTER = counter_for("cl100k_base")
 VOCABULARY = (
     "def return import self value result error file test assert path json print for in if "
@@ -108,19 +112,19 @@ class NoModel:
         raise AssertionError("pruning with window or mask-observations calls no model")
 
 
-def settings_for(workspace: Path, strategy: Strategy) -> Settings:
+def settings_for(workspace: Path, strategy: Strategy, tokens: int) -> Settings:
     return Settings(
         model_base_url="http://model.invalid/v1",
         model_name="none",
-        max_tokens=TARGET_TOKENS,
+        max_tokens=tokens,
         strategy=strategy,
         workspace=workspace,
     )
 
 
-def bench_append(workspace: Path) -> None:
-    print(f"building a conversation of {TARGET_TOKENS:,} tokens ...", flush=True)
-    conversation = fill(workspace / "context.jsonl", TARGET_TOKENS)
+def bench_append(workspace: Path, tokens: int, repeat: int) -> None:
+    print(f"building a conversation of {tokens:,} tokens ...", flush=True)
+    conversation = fill(workspace / "context.jsonl", tokens)
     print(
         f"  {len(conversation.messages):,} messages, {conversation.window_tokens:,} tokens "
         f"in the window"
@@ -129,19 +133,20 @@ def bench_append(workspace: Path) -> None:
     baseline = median_seconds(
         lambda: COUNTER.request(conversation.window(), conversation.tools), repeat=5
     )
-    appended = [turn(100_000 + n, rng)[1:] for n in range(400)]
+    # Enough appended results for both timed loops below (each takes one per repetition).
+    appended = [turn(100_000 + n, rng)[1:] for n in range(3 * repeat)]
     it = iter(appended)
     incremental = median_seconds(
-        lambda: conversation.apply({"op": "messages", "messages": next(it)}), repeat=200
+        lambda: conversation.apply({"op": "messages", "messages": next(it)}), repeat=2 * repeat
     )
     assert conversation.window_tokens == COUNTER.request(conversation.window(), conversation.tools)
-    service = ContextService(settings_for(workspace, Strategy.WINDOW), COUNTER, NoModel())
+    service = ContextService(settings_for(workspace, Strategy.WINDOW, tokens), COUNTER, NoModel())
     service.load()
     durable = median_seconds(
-        lambda: service._commit([{"op": "messages", "messages": next(it)}]), repeat=100
+        lambda: service._commit([{"op": "messages", "messages": next(it)}]), repeat=repeat
     )
     service.close()
-    print("\nappend of a 1 KiB tool result at 1M tokens")
+    print(f"\nappend of a 1 KiB tool result at {tokens:,} tokens")
     print(f"  full re-count of the context (baseline)  {baseline * 1e3:10.2f} ms")
     print(
         f"  incremental count + window update        {incremental * 1e6:10.1f} us"
@@ -153,12 +158,12 @@ def bench_append(workspace: Path) -> None:
     )
 
 
-def bench_prune(workspace: Path) -> None:
-    print("\nprune at the limit (1M-token window, one 1 KiB result over the budget)")
+def bench_prune(workspace: Path, tokens: int, rounds: int) -> None:
+    print(f"\nprune at the limit ({tokens:,}-token window, one 1 KiB result over the budget)")
     for strategy in (Strategy.WINDOW, Strategy.MASK_OBSERVATIONS):
         times = []
-        for _ in range(3):
-            service = ContextService(settings_for(workspace, strategy), COUNTER, NoModel())
+        for _ in range(rounds):
+            service = ContextService(settings_for(workspace, strategy, tokens), COUNTER, NoModel())
             loaded = time.perf_counter()
             service.load()
             loaded = time.perf_counter() - loaded
@@ -213,24 +218,30 @@ def rss_mib(workspace: Path) -> float:
         process.wait(30)
 
 
-def bench_memory(workspace: Path) -> None:
+def bench_memory(workspace: Path, tokens: int) -> None:
     with tempfile.TemporaryDirectory() as empty:
         baseline = rss_mib(Path(empty))
     loaded = rss_mib(workspace)
     print("\nresident memory of the sidecar process")
     print(f"  empty conversation (baseline)            {baseline:8.1f} MiB")
     print(
-        f"  1M-token conversation                    {loaded:8.1f} MiB"
+        f"  {tokens:>9,}-token conversation             {loaded:8.1f} MiB"
         f"   {loaded / baseline:.2f}x the baseline, +{loaded - baseline:.1f} MiB (goal < 300 MiB)"
     )
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_TOKENS:,} tokens, few repeats (CI smoke test)"
+    )
+    args = parser.parse_args()
+    tokens, repeat, rounds = (QUICK_TOKENS, 10, 1) if args.quick else (TARGET_TOKENS, 100, 3)
     with tempfile.TemporaryDirectory(prefix="bench-context-") as directory:
         workspace = Path(directory)
-        bench_append(workspace)
-        bench_prune(workspace)
-        bench_memory(workspace)
+        bench_append(workspace, tokens, repeat)
+        bench_prune(workspace, tokens, rounds)
+        bench_memory(workspace, tokens)
 
 
 if __name__ == "__main__":
