@@ -28,7 +28,8 @@ deps: ## Install the system packages the cluster, images and tests need (Debian/
 $(VENV)/.installed: pyproject.toml agent-image/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]' -e ./agent-image
+	hack/heartbeat.sh "installing the Python packages" "about 3 min the first time" \
+		$(PY) -m pip install -q -e '.[dev]' -e ./agent-image
 	touch $@
 
 .PHONY: venv

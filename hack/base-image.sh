@@ -15,7 +15,8 @@ if [ ! -s "$tarball" ]; then
   mkdir -p "$CACHE/base"
   root=$(mktemp -d "$CACHE/base/rootfs.XXXXXX")
   trap 'rm -rf "$root"' EXIT
-  debootstrap --variant=minbase "$SUITE" "$root" http://deb.debian.org/debian >/dev/null
+  "$(dirname "$0")/heartbeat.sh" "debootstrap of the $SUITE base image" "about 3 min, once" \
+    debootstrap --variant=minbase "$SUITE" "$root" http://deb.debian.org/debian >/dev/null
   # Keep the image small and reproducible: no apt lists or caches in the layer.
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin
   tar -C "$root" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"

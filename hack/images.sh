@@ -19,6 +19,11 @@ fi
 
 # build TAG DOCKERFILE CONTEXT: skipped when the Dockerfile does not exist (yet).
 built=("$BASE_IMAGE")
+# How long a first build (no cached layers) usually takes; later builds reuse the layers.
+declare -A USUALLY=(
+  [codingjob/agent:dev]="about 6 min the first time, seconds later"
+  [codingjob/operator:dev]="about 1 min the first time, seconds later"
+)
 build() {
   local tag="$1" dockerfile="$REPO_ROOT/$2" context="$REPO_ROOT/$3" start=$SECONDS
   if [ ! -f "$dockerfile" ]; then
@@ -26,7 +31,7 @@ build() {
     return 0
   fi
   log "building $tag"
-  docker build --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg EXTRA_CA_CERTS="$EXTRA_CA_CERTS" \
+  with_heartbeat "building $tag" "${USUALLY[$tag]:-a few minutes the first time}" docker build --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg EXTRA_CA_CERTS="$EXTRA_CA_CERTS" \
     -t "$tag" -f "$dockerfile" "$context" >&2
   log "built $tag in $((SECONDS - start))s"
   built+=("$tag")

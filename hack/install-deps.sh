@@ -11,6 +11,8 @@ packages=(
   # Certificates for the local control plane; archives; the test browser.
   openssl ca-certificates curl zip unzip chromium fonts-dejavu-core
   python3 python3-venv python3-pip git make
+  # The pause container is static C, built from the Kubernetes module's pause.c.
+  gcc libc6-dev
 )
 
 missing=()
@@ -22,4 +24,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-command -v go >/dev/null || { echo "Go is required to build the cluster binaries (go 1.25+)" >&2; exit 1; }
+# Go for the cluster binaries: the machine's when new enough, else the official toolchain fetched
+# once from the Go module proxy into the cache (Debian 12's golang-go, 1.19, is too old).
+"$(dirname "$0")/cluster/go.sh" >/dev/null

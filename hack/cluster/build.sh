@@ -21,6 +21,28 @@ MINIO_VERSION="v0.0.0-20260212201848-7aac2a2c5b7c"
 
 export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--buildvcs=false}"
 
+# How long each first build usually takes on 2 cores, for the heartbeat of a long silent build.
+declare -A USUALLY=(
+  [kubernetes]="about 20 min on 2 cores"
+  [etcd]="about 3 min on 2 cores"
+  [coredns]="about 4 min on 2 cores"
+  [helm]="about 4 min on 2 cores"
+  [minio]="about 8 min on 2 cores"
+  [local-path-provisioner]="about 2 min on 2 cores"
+  [pause]="a few seconds"
+)
+
+# go_path: a Go new enough for the modules (the machine's, or one fetched once by go.sh); the
+# modules pin their versions, so Go is told not to switch toolchains on its own.
+go_path() {
+  local go
+  [ -z "${GO_PATH_SET:-}" ] || return 0
+  go="$("$HACK_CLUSTER/go.sh")" || die "no usable Go toolchain"
+  GO_PATH_SET=1
+  PATH="$(dirname "$go"):$PATH"
+  export PATH GOTOOLCHAIN=local
+}
+
 # module_version DIR MODULE prints the version of MODULE that the wrapper module in DIR requires.
 module_version() {
   awk -v m="$2" '($1 == m || ($1 == "require" && $2 == m)) { print ($1 == "require" ? $3 : $2); exit }' \
@@ -48,7 +70,8 @@ build_into() {
     tmp="$(mktemp -d "$BIN_CACHE/.$name-$version.XXXXXX")"
     start=$SECONDS
     log "building $name $version (first time only; logs below)"
-    if ! "$func" "$tmp" "$version" >&2; then
+    [ "$name" = pause ] || go_path
+    if ! with_heartbeat "building $name" "${USUALLY[$name]:-a few minutes}" "$func" "$tmp" "$version" >&2; then
       rm -rf "$tmp"
       die "building $name $version failed"
     fi
@@ -95,6 +118,7 @@ build_pause() {
 }
 # kube_source_dir downloads the k8s.io/kubernetes module if needed and prints its directory.
 kube_source_dir() {
+  go_path
   (cd "$MODULES/kubernetes" && go mod download -json k8s.io/kubernetes) |
     sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
 }

@@ -30,6 +30,32 @@ BASE_IMAGE="${BASE_IMAGE:-codingjob/base:bookworm}"
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# with_heartbeat WHAT USUALLY COMMAND...: runs COMMAND (a function too) and, every
+# $HEARTBEAT_SECONDS (30), logs that WHAT is still running, for how long, and how long it usually
+# takes, so long quiet steps (Go builds, image builds) never leave the terminal silent.
+with_heartbeat() {
+  local what="$1" usually="$2" start beat rc=0
+  shift 2
+  start=$(date +%s)
+  # No stdout for the beat (callers capture it: `$(build.sh kubectl)`), and it takes its sleep
+  # along when stopped, so no stray process holds a caller's pipe open.
+  (
+    trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+    while :; do
+      sleep "${HEARTBEAT_SECONDS:-30}" &
+      nap=$!
+      wait "$nap"
+      elapsed=$(($(date +%s) - start))
+      log "$what: still running, $((elapsed / 60))m$(printf %02d $((elapsed % 60)))s so far (usually $usually)"
+    done
+  ) >&2 </dev/null &
+  beat=$!
+  "$@" || rc=$?
+  kill "$beat" 2>/dev/null || true
+  wait "$beat" 2>/dev/null || true
+  return "$rc"
+}
+
 # node_ip prints the address of the interface that carries the default route.
 node_ip() {
   ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "src") {print $(i + 1); exit}}'
