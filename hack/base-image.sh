@@ -11,8 +11,15 @@ if docker image inspect "$TAG" >/dev/null 2>&1; then
   echo "base image $TAG present"
   exit 0
 fi
+mkdir -p "$CACHE/base"
+# One debootstrap at a time (the cluster's and the images' scripts both ask for the base image).
+exec {lock}>"$CACHE/base/.lock"
+flock "$lock"
+if docker image inspect "$TAG" >/dev/null 2>&1; then
+  echo "base image $TAG present"
+  exit 0
+fi
 if [ ! -s "$tarball" ]; then
-  mkdir -p "$CACHE/base"
   root=$(mktemp -d "$CACHE/base/rootfs.XXXXXX")
   trap 'rm -rf "$root"' EXIT
   "$(dirname "$0")/heartbeat.sh" "debootstrap of the $SUITE base image" "about 3 min, once" \

@@ -9,6 +9,11 @@ set -euo pipefail
 # shellcheck source=hack/cluster/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/cluster/lib.sh"
 
+ensure_dockerd
+# One build at a time (CI starts one early, in the background): whoever waited reuses its layers.
+mkdir -p "$CACHE"
+exec {lock}>"$CACHE/.images.lock"
+flock "$lock"
 "$REPO_ROOT/hack/base-image.sh" >&2
 
 # Behind a TLS-intercepting proxy, apt and pip inside the build must trust the host's extra CAs

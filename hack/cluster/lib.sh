@@ -112,6 +112,25 @@ load_image() {
   done
 }
 
+# ensure_dockerd starts Docker (Debian's docker.io, which builds the images) when nobody has.
+ensure_dockerd() {
+  docker info >/dev/null 2>&1 && return 0
+  # A containerd that was killed leaves its socket behind, and dockerd then dials that dead socket
+  # instead of starting a containerd of its own: remove it when nothing answers there.
+  local docker_containerd=/run/containerd/containerd.sock
+  if [ -S "$docker_containerd" ] && ! ctr --address "$docker_containerd" version >/dev/null 2>&1; then
+    rm -f "$docker_containerd"
+  fi
+  log "starting dockerd"
+  # Detached, and without the caller's lock ($lock, see up.sh and images.sh), or the next caller
+  # would wait for dockerd to exit.
+  (
+    if [ -n "${lock:-}" ]; then exec {lock}>&-; fi
+    exec setsid dockerd </dev/null >>/var/log/codingjob-dockerd.log 2>&1
+  ) &
+  wait_for dockerd 60 docker info || die "dockerd did not start: /var/log/codingjob-dockerd.log"
+}
+
 # binary_image TAG BINARY: the base image plus one binary (hack/cluster/images/Dockerfile).
 binary_image() {
   local tag="$1" bin="$2" ctx

@@ -251,17 +251,7 @@ start containerd containerd --config "$CONF/containerd.toml"
 wait_for containerd 30 ctr --address "$CONTAINERD_SOCK" version || die "containerd did not start: $LOGS/containerd.log"
 
 # Docker (Debian's docker.io) builds the images; start it when nobody has.
-if ! docker info >/dev/null 2>&1; then
-  # A containerd that was killed leaves its socket behind, and dockerd then dials that dead socket
-  # instead of starting a containerd of its own: remove it when nothing answers there.
-  docker_containerd=/run/containerd/containerd.sock
-  if [ -S "$docker_containerd" ] && ! ctr --address "$docker_containerd" version >/dev/null 2>&1; then
-    rm -f "$docker_containerd"
-  fi
-  log "starting dockerd"
-  setsid dockerd </dev/null >>/var/log/codingjob-dockerd.log 2>&1 {lock}>&- &
-  wait_for dockerd 60 docker info || die "dockerd did not start: /var/log/codingjob-dockerd.log"
-fi
+ensure_dockerd
 
 # --- images (loaded in the background while the control plane starts) ---------------------------
 
