@@ -10,6 +10,8 @@ packages=(
   iptables conntrack socat ethtool iproute2 util-linux mount
   # Certificates for the local control plane; archives; the test browser.
   openssl ca-certificates curl zip unzip chromium fonts-dejavu-core
+  # The unit test that runs the scripted todo app's own tests (node --test); CI fails on a skip.
+  nodejs
   python3 python3-venv python3-pip git make
   # The pause container is static C, built from the Kubernetes module's pause.c.
   gcc libc6-dev

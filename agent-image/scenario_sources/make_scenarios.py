@@ -136,6 +136,19 @@ def scenarios() -> dict[str, Any]:
         "turns": [turn("Waiting.", call("bash", command="sleep 5 && echo still working"))],
         "afterLastTurn": "repeat-last",
     }
+    # The agent freezes itself (SIGSTOP to the agent process, the bash tool's parent): its soft
+    # deadline (SIGALRM) cannot fire, so only the pod's activeDeadlineSeconds can end the job.
+    frozen = {
+        "description": "Scripted test model (a fixture): the agent stops its own process, so it "
+        "ignores its soft deadline; for the test that the pod-level deadline ends a job.",
+        "turns": [
+            turn(
+                "Pausing the agent process.",
+                call("bash", command="echo frozen > frozen.txt && kill -STOP $PPID"),
+            )
+        ],
+        "afterLastTurn": "repeat-last",
+    }
     resume_turns = [
         turn(
             "Working in slow, idempotent steps.",
@@ -220,6 +233,7 @@ def scenarios() -> dict[str, Any]:
         "todo-app": todo,
         "fail": fail,
         "never-finish": never,
+        "ignore-deadline": frozen,
         "resume": resume,
         "edit-errors": edit,
     }

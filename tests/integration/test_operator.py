@@ -217,7 +217,9 @@ def test_children_are_created_with_owner_references_and_a_stable_secret(
     secret = found["secret"]
     assert set(secret.data) == {"vnc-password", "jupyter-token"}
 
-    # Further passes (woken by spec changes) must keep the generated credentials.
+    # Further passes (woken by spec changes) must keep the generated credentials. Each change
+    # bumps the generation, so observedGeneration 4 proves three more passes ran (an annotation
+    # would not: the wait would hold before any pass).
     for i in range(3):
         api.patch_namespaced_custom_object(
             GROUP,
@@ -225,10 +227,10 @@ def test_children_are_created_with_owner_references_and_a_stable_secret(
             namespace,
             PLURAL,
             "todo",
-            {"metadata": {"annotations": {"test/poke": str(i)}}},
+            {"spec": {"ttlSecondsAfterFinished": 3600 + i}},
         )
     wait_cj(
-        api, namespace, "todo", lambda o: (o.get("status") or {}).get("observedGeneration") == 1
+        api, namespace, "todo", lambda o: (o.get("status") or {}).get("observedGeneration") == 4
     )
     again = core.read_namespaced_secret(n.session, namespace)
     assert again.data == secret.data

@@ -181,11 +181,13 @@ def test_max_steps(tmp_path: Path) -> None:
 def test_deadline_interrupts_a_running_command(tmp_path: Path) -> None:
     gw = FakeGateway([assistant(("bash", {"command": "sleep 30", "timeout": 600}))] * 3)
     agent, _ = make_agent(tmp_path, gw, deadline_seconds=2)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)}
     started = time.monotonic()
     result = agent.run()
     assert (result.outcome, result.reason) == (Outcome.FAILED, AgentReason.DEADLINE_EXCEEDED)
     assert time.monotonic() - started < 10
-    assert signal.getsignal(signal.SIGTERM) is not None  # handlers restored, no alarm pending
+    # The handlers are the ones from before the run, and no alarm is pending.
+    assert {s: signal.getsignal(s) for s in before} == before
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 

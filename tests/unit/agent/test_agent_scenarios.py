@@ -14,7 +14,8 @@ from codingjob_agent.agent.tools import TOOL_NAMES
 from codingjob_agent.scripted_model.scenario import PACKAGED_SCENARIOS, load_scenario
 
 SOURCES = Path(__file__).resolve().parents[3] / "agent-image" / "scenario_sources"
-OURS = ["todo-app", "fail", "never-finish", "resume", "edit-errors"]
+OURS = ["todo-app", "fail", "never-finish", "ignore-deadline", "resume", "edit-errors"]
+NEVER_FINISHING = {"never-finish", "ignore-deadline"}
 
 
 def generator() -> ModuleType:
@@ -31,7 +32,7 @@ def test_scenario_is_valid_and_uses_only_agent_tools(name: str) -> None:
     called = {c.function.name for t in scenario.turns for c in t.message.tool_calls}
     assert called <= TOOL_NAMES
     last = scenario.turns[-1].message.tool_calls
-    if name == "never-finish":
+    if name in NEVER_FINISHING:
         assert scenario.after_last_turn == "repeat-last" and "finish" not in called
     else:
         assert [c.function.name for c in last] == ["finish"]
