@@ -26,7 +26,12 @@ class Phase(StrEnum):
 # Condition types.
 READY = "Ready"  # the agent pod runs and its sidecar is healthy
 SUSPENDED = "Suspended"
-COMPLETE = "Complete"  # the job finished (either way); reason says how
+# Like a Kubernetes Job's: a finished job has exactly one of Succeeded=True or Failed=True, and
+# Complete=True only on success, so `kubectl wait --for=condition=Complete` cannot be fooled by a
+# failure. The reason of either is the job's final reason.
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+COMPLETE = "Complete"
 ARCHIVED = "Archived"  # the workspace ZIP is confirmed in object storage
 BUDGET_EXCEEDED = "BudgetExceeded"  # the sidecar refused a step: token budget spent
 
@@ -118,6 +123,13 @@ def _condition(
     if generation is not None:
         condition["observedGeneration"] = generation
     return condition
+
+
+def remove_condition(
+    conditions: Sequence[dict[str, object]], type_: str
+) -> list[dict[str, object]]:
+    """Return ``conditions`` without the condition of that type."""
+    return [dict(x) for x in conditions if x.get("type") != type_]
 
 
 def find_condition(conditions: Sequence[dict[str, object]], type_: str) -> dict[str, object] | None:

@@ -310,7 +310,14 @@ class CodingJobStatus(_Model):
 
     phase: Phase | None = None
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, Suspended, Complete, Archived, BudgetExceeded."
+        default_factory=list,
+        description="Ready, Suspended, Succeeded, Failed, Complete, Archived, BudgetExceeded.",
+        # One entry per type, merged by type (server-side apply, `kubectl wait --for=condition`),
+        # as metav1.Condition lists are declared in Kubernetes' own APIs.
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
     )
     observed_generation: int | None = Field(
         None, description="The spec generation this status was derived from."

@@ -118,6 +118,8 @@ class PodView:
     started_at: datetime.datetime | None = None
     agent: ContainerView | None = None
     sidecar: ContainerView | None = None
+    #: The pod's Ready condition (with the GUI on: the desktop accepts connections).
+    ready: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,9 @@ class StatsMessage(BaseModel):
     steps: int = 0
     budget_exceeded: bool = Field(False, alias="budgetExceeded")
     last_error: str | None = Field(None, alias="lastError")
+    #: Model calls that failed, and that were retried, so far (metrics only).
+    errors: int = 0
+    retries: int = 0
 
 
 @dataclass(frozen=True)
@@ -366,8 +371,17 @@ class _Builder:
         summary = f"{phase.value}: {reason}" + (f": {message}" if message else "")
         self.move(phase, reason, summary, warn=not succeeded)
         self.set(reason=reason, message=message, completionTime=c.format_time(self.obs.now))
-        self.condition(c.COMPLETE, True, reason, message)
+        self.terminal_conditions(succeeded, reason, message)
         self.condition(c.READY, False, reason, "the job has finished")
+
+    def terminal_conditions(self, succeeded: bool, reason: str, message: str) -> None:
+        """Succeeded+Complete, or Failed alone (Complete never means a failure)."""
+        if succeeded:
+            self.condition(c.SUCCEEDED, True, reason, message)
+            self.condition(c.COMPLETE, True, reason, message)
+        else:
+            self.condition(c.FAILED, True, reason, message)
+            self.conditions = c.remove_condition(self.conditions, c.COMPLETE)
 
     def result(self) -> Decision:
         if self.conditions != list(self.obs.status.get("conditions", [])):
@@ -390,7 +404,12 @@ def derive_status(obs: Observation) -> Decision:
 
 
 def _finished(b: _Builder) -> None:
-    # Terminal: only finish what a crash may have interrupted.
+    # Terminal: only finish what a crash may have interrupted, and give jobs finished by an
+    # older operator (Complete=True either way) their Succeeded/Failed condition.
+    terminal = c.SUCCEEDED if b.phase == Phase.SUCCEEDED else c.FAILED
+    if c.find_condition(b.conditions, terminal) is None:
+        reason = str(b.obs.status.get("reason") or b.phase)
+        b.terminal_conditions(b.phase == Phase.SUCCEEDED, reason, b.obs.status.get("message") or "")
     if b.obs.pod is not None:
         b.act(Action.DELETE_POD)
     if b.obs.status.get("artifact"):
@@ -639,6 +658,10 @@ def pod_view(
         started_at=_time(status.get("startTime")),
         agent=_container_view(status.get("containerStatuses"), agent),
         sidecar=_container_view(status.get("initContainerStatuses"), sidecar),
+        ready=any(
+            cond.get("type") == "Ready" and cond.get("status") == "True"
+            for cond in status.get("conditions") or []
+        ),
     )
 
 

@@ -245,3 +245,12 @@ def test_reference_documents_every_field(part: str) -> None:
     reference = (REPO / "README.md").read_text()
     missing = [p for p in _field_paths(schema()["properties"][part]) if f"`{p}`" not in reference]
     assert missing == [], f"the README's reference lacks {missing}"
+
+
+def test_conditions_are_a_list_map_keyed_by_type() -> None:
+    # Declared on the pydantic model, carried into the CRD like metav1.Condition lists.
+    conditions = schema()["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    # A list-map key must be required in the items (or the API server refuses the CRD).
+    assert "type" in conditions["items"]["required"]

@@ -587,8 +587,53 @@ def test_derive_status(
     assert decision.actions == actions
     if phase in ("Succeeded", "Failed") and before.get("phase") not in ("Succeeded", "Failed"):
         assert decision.patch["completionTime"] == "2026-01-01T12:00:00Z"
-        complete = c.find_condition(decision.patch["conditions"], c.COMPLETE)
-        assert complete is not None and complete["status"] == "True"
+        assert terminal_conditions(decision.patch["conditions"]) == (
+            {c.SUCCEEDED: "True", c.COMPLETE: "True"}
+            if phase == "Succeeded"
+            else {c.FAILED: "True"}
+        )
+        final = c.find_condition(decision.patch["conditions"], phase)
+        assert final is not None
+        assert final["reason"] == decision.patch.get("reason", before.get("reason"))
+
+
+def terminal_conditions(conditions: list[dict[str, Any]]) -> dict[str, object]:
+    """The Job-like end conditions present, by type."""
+    ends = (c.SUCCEEDED, c.FAILED, c.COMPLETE)
+    return {x["type"]: x["status"] for x in conditions if x["type"] in ends}
+
+
+def test_conditions_have_one_entry_per_type_in_every_table_row() -> None:
+    # The CRD declares conditions a list map keyed by type: duplicates would be refused.
+    for _, before, s, extra, *_ in TABLE:
+        conditions = derive_status(observe(before, s, **extra)).patch.get("conditions", [])
+        types = [x["type"] for x in conditions]
+        assert len(types) == len(set(types))
+
+
+@pytest.mark.parametrize(
+    ("phase", "reason", "expected"),
+    [
+        ("Succeeded", "Completed", {c.SUCCEEDED: "True", c.COMPLETE: "True"}),
+        ("Failed", "AgentError", {c.FAILED: "True"}),
+    ],
+)
+def test_jobs_finished_by_an_older_operator_get_their_end_condition(
+    phase: str, reason: str, expected: dict[str, str]
+) -> None:
+    # Before Succeeded/Failed existed, Complete=True was set either way.
+    old = {
+        "type": c.COMPLETE,
+        "status": "True",
+        "reason": reason,
+        "message": "",
+        "lastTransitionTime": "2025-12-31T00:00:00Z",
+    }
+    status = {"phase": phase, "reason": reason, "conditions": [old]}
+    decision = derive_status(observe(status))
+    assert terminal_conditions(decision.patch["conditions"]) == expected
+    again = {**status, **decision.patch}
+    assert "conditions" not in derive_status(observe(again)).patch
 
 
 def test_phase_change_posts_one_event() -> None:
