@@ -30,6 +30,8 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from . import logformat
+from .logformat import LogFormat, job_ref
 from .storage import (
     META_FILES,
     META_SHA256,
@@ -357,9 +359,12 @@ def _failure(error: BaseException, permanent: bool) -> str:
 
 def main() -> None:
     """Console entry point: archive, report, exit 0/1/75."""
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
-    )
+    env = os.environ
+    job = None
+    if env.get("CODINGJOB_NAMESPACE") and env.get("CODINGJOB_NAME"):
+        job = job_ref(env["CODINGJOB_NAMESPACE"], env["CODINGJOB_NAME"], env.get("CODINGJOB_UID"))
+    json_logs = env.get("CODINGJOB_LOG_FORMAT") == LogFormat.JSON
+    logformat.configure(LogFormat.JSON if json_logs else LogFormat.PLAIN, job=job)
     termination_log = Path(os.environ.get("CODINGJOB_TERMINATION_LOG", "/dev/termination-log"))
     try:
         settings = ArchiverSettings()

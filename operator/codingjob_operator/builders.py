@@ -166,12 +166,26 @@ def deadline_seconds(active_deadline: int | None) -> int:
     return max(1, active_deadline - margin)
 
 
+def log_env(job: JobRef, log_format: str) -> dict[str, str]:
+    """CODINGJOB_LOG_FORMAT (and the job's identity for the ``job`` field) for the sidecar and
+    the archiver when the operator's chart asks for JSON logs; nothing for plain logs."""
+    if log_format == "plain":
+        return {}
+    return {
+        "CODINGJOB_LOG_FORMAT": log_format,
+        "CODINGJOB_NAME": job.name,
+        "CODINGJOB_NAMESPACE": job.namespace,
+        "CODINGJOB_UID": job.uid,
+    }
+
+
 def agent_pod(
     job: JobRef,
     spec: CodingJobSpec,
     *,
     images: Images,
     model: ModelEndpoint,
+    log_format: str = "plain",
 ) -> Manifest:
     """The agent pod: the agent container plus the context-manager as a native sidecar."""
     image = spec.image or images.agent
@@ -224,6 +238,8 @@ def agent_pod(
         _env("CODINGJOB_MAX_TOTAL_TOKENS", str(spec.limits.max_total_tokens or 0)),
         {"name": "CODINGJOB_STATS_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
+    # The job's identity is in common_env already.
+    sidecar_env += [_env(k, v) for k, v in log_env(job, log_format).items() if k.endswith("FORMAT")]
     sidecar: Manifest = {
         "name": SIDECAR_CONTAINER,
         "image": image,
@@ -270,6 +286,14 @@ def agent_pod(
         agent["ports"] = [
             {"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports
         ]
+    if spec.gui.enabled:
+        # The pod is Ready when noVNC accepts connections: the operator times "desktop ready"
+        # by it, and the desktop Service sends no one to a desktop that is not up yet.
+        agent["readinessProbe"] = {
+            "tcpSocket": {"port": NOVNC_PORT},
+            "periodSeconds": 2,
+            "failureThreshold": 1,
+        }
     if spec.resources is not None:
         resources = spec.resources.model_dump(exclude_none=True)
         if resources:

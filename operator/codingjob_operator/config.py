@@ -34,4 +34,11 @@ class OperatorConfig(BaseSettings):
     image_pull_timeout_seconds: int = Field(300, ge=10)
     #: How often a running job's sidecar stats are read.
     stats_interval_seconds: float = Field(5.0, gt=0)
+    #: Port of the Prometheus endpoint (`/metrics`); 0 (the default outside the chart) is off.
+    metrics_port: int = Field(0, ge=0, le=65535)
+    #: With peering: a replica that stopped renewing its presence this long ago is presumed dead
+    #: and a standby takes over (kopf renews every lifetime minus 5-10 s).
+    peering_lifetime_seconds: int = Field(15, ge=10, le=600)
+    #: `json`: the operator, the sidecars and the archivers log one JSON object per line.
+    log_format: Literal["plain", "json"] = "plain"
     storage: StorageSettings | None = Field(default_factory=_storage_from_env)

@@ -9,14 +9,16 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
+import time
 from collections import defaultdict
 from typing import Any
 
 import kopf
 
-from codingjob_operator import names
+from codingjob_operator import metrics, names
 from codingjob_operator.config import OperatorConfig
 from codingjob_operator.kube import KubeError, default_kube
+from codingjob_operator.metrics import Metrics
 from codingjob_operator.models import GROUP, PLURAL, VERSION
 from codingjob_operator.reconciler import MAX_DELAY, Reconciler, RetryLater
 from codingjob_operator.storage import (
@@ -52,6 +54,12 @@ class Wakeups:
 @kopf.on.startup()
 def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     """Set kopf's bookkeeping to the project's own prefixes and build the shared clients."""
+    config = OperatorConfig()
+    # Peering (several replicas, one active) always meets on the ClusterKopfPeering, also when
+    # only some namespaces are watched; a short lifetime makes a standby take over a dead
+    # replica's jobs within it (a replica that stops cleanly hands over at once).
+    settings.peering.clusterwide = True
+    settings.peering.lifetime = config.peering_lifetime_seconds
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATIONS_PREFIX
@@ -62,13 +70,15 @@ def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.posting.enabled = True
     # Our own transitions post events explicitly; kopf's per-handler chatter stays in the log.
     settings.posting.level = logging.WARNING
-    config = OperatorConfig()
     store = ArtifactStore(config.storage) if config.storage is not None else None
     if store is None:
         logging.getLogger(__name__).warning(
             "CODINGJOB_STORAGE_* not set: finished jobs are not archived, workspaces are kept"
         )
-    memo.reconciler = Reconciler(default_kube(), config, store)
+    memo.metrics = Metrics()
+    if config.metrics_port:
+        metrics.serve(memo.metrics, config.metrics_port)
+    memo.reconciler = Reconciler(default_kube(), config, store, metrics=memo.metrics)
     memo.wakeups = Wakeups()
     # Reconcile passes block on API and storage calls; a pool of their own keeps them from
     # starving other work of the default executor.
@@ -98,10 +108,12 @@ async def supervise(
     assert namespace is not None  # CodingJobs are namespaced
     reconciler: Reconciler = memo.reconciler
     wakeup = memo.wakeups.event(namespace, name)
+    recorder: Metrics = memo.metrics
     failures = 0
     try:
         while not stopped:
             wakeup.clear()
+            started = time.monotonic()
             try:
                 # A copy of the context carries kopf's event-posting state into the thread.
                 context = contextvars.copy_context()
@@ -112,15 +124,20 @@ async def supervise(
             except (RetryLater, KubeError, TransientStorageError) as error:
                 delay = ERROR_BACKOFF[min(failures, len(ERROR_BACKOFF) - 1)]
                 failures += 1
+                recorder.reconcile_errors.labels("transient").inc()
                 logger.warning(f"reconcile failed, retrying in {delay:.0f}s: {error}")
             except Exception:
                 delay = ERROR_BACKOFF[min(failures, len(ERROR_BACKOFF) - 1)]
                 failures += 1
+                recorder.reconcile_errors.labels("crash").inc()
                 logger.exception(f"reconcile crashed, retrying in {delay:.0f}s")
+            recorder.reconcile_duration.observe(time.monotonic() - started)
             # After a failure, wake-ups (often our own status patch) must not cut the backoff.
             await _sleep(wakeup if failures == 0 else None, stopped, max(0.5, delay))
     finally:
         memo.wakeups.forget(namespace, name)
+        # Deleted, or this replica was paused by a peer of higher priority: no longer ours.
+        recorder.forget(namespace, name)
 
 
 async def _sleep(wakeup: asyncio.Event | None, stopped: kopf.DaemonStopped, delay: float) -> None:

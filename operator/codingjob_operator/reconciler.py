@@ -24,6 +24,8 @@ from codingjob_operator import builders, names
 from codingjob_operator import conditions as c
 from codingjob_operator.config import OperatorConfig
 from codingjob_operator.kube import InvalidObject, Kube, KubeError
+from codingjob_operator.logformat import JOB, job_ref
+from codingjob_operator.metrics import Metrics, PassFacts
 from codingjob_operator.models import API_VERSION, KIND, CodingJobSpec, EgressMode
 from codingjob_operator.status import (
     Action,
@@ -134,6 +136,13 @@ def _owner(obj: Mapping[str, Any]) -> kopf.Body:
     return kopf.Body(cast(kopf.RawBody, raw))
 
 
+def job_class(obj: Mapping[str, Any]) -> str:
+    """The CodingJobClass a job runs in, for metric labels ("" when it names none)."""
+    spec = obj.get("spec") or {}
+    value = spec.get("className") or spec.get("class") or ""
+    return str(value)
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
@@ -148,8 +157,10 @@ class Reconciler:
         store: ArtifactStore | None,
         *,
         clock: Callable[[], datetime.datetime] = _now,
+        metrics: Metrics | None = None,
     ) -> None:
         self.kube = kube
+        self.metrics = metrics
         self.config = config
         self.store = store
         self.clock = clock
@@ -165,6 +176,8 @@ class Reconciler:
         """One pass; returns when the next should run at the latest."""
         obj = self.kube.read_codingjob(namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
+            if self.metrics is not None:
+                self.metrics.forget(namespace, name)
             return PassResult(MAX_DELAY)
         owner = _owner(obj)
         status: dict[str, Any] = dict(obj.get("status") or {})
@@ -187,7 +200,37 @@ class Reconciler:
             obs = replace(obs, storage=self._storage(job, decision, obs))
             decision = derive_status(obs)
         self._apply(owner, job, spec, obs, decision)
-        return PassResult(self._next_delay(job, spec, {**status, **decision.patch}))
+        after = {**status, **decision.patch}
+        if self.metrics is not None:
+            self.metrics.record_pass(self._facts(obj, spec, obs, after))
+        return PassResult(self._next_delay(job, spec, after))
+
+    def _facts(
+        self,
+        obj: Mapping[str, Any],
+        spec: CodingJobSpec,
+        obs: Observation,
+        after: Mapping[str, Any],
+    ) -> PassFacts:
+        meta = obj["metadata"]
+        pod, stats = obs.pod, obs.stats
+        desktop = None
+        if spec.gui.enabled and pod is not None and pod.agent is not None and pod.agent.running:
+            desktop = pod.ready
+        created = meta.get("creationTimestamp")
+        return PassFacts(
+            namespace=meta["namespace"],
+            name=meta["name"],
+            job_class=job_class(obj),
+            model=spec.model.name or self.config.default_model_name or "",
+            created=_parse(created) if isinstance(created, str) else None,
+            now=obs.now,
+            before=obs.status,
+            after=after,
+            desktop_ready=desktop,
+            model_errors=stats.errors if stats is not None else None,
+            model_retries=stats.retries if stats is not None else None,
+        )
 
     # Observe.
 
@@ -260,7 +303,13 @@ class Reconciler:
             return StatsMessage.model_validate_json(body)
         except (KubeError, ValidationError, ValueError) as error:
             # Progress is best effort: a sidecar that is still starting must not fail the job.
-            log.debug("no stats from %s/%s: %s", job.namespace, job.names.pod, error)
+            log.debug(
+                "no stats from %s/%s: %s",
+                job.namespace,
+                job.names.pod,
+                error,
+                extra={JOB: job_ref(job.namespace, job.name, job.uid)},
+            )
             return None
 
     def _storage(self, job: builders.JobRef, decision: Decision, obs: Observation) -> StorageResult:
@@ -385,7 +434,9 @@ class Reconciler:
             self.kube.ensure(self._adopt(owner, service), update=True)
         policy = builders.network_policy(job, spec, model_peers=peers)
         self.kube.ensure(self._adopt(owner, policy), update=True)
-        pod = builders.agent_pod(job, spec, images=self.images, model=model)
+        pod = builders.agent_pod(
+            job, spec, images=self.images, model=model, log_format=self.config.log_format
+        )
         try:
             created = self.kube.ensure(self._adopt(owner, pod))
         except InvalidObject as error:
@@ -413,6 +464,7 @@ class Reconciler:
         target = builders.ArchiveTarget(
             key=names.archive_key(job.namespace, job.name, job.uid),
             transcript_key=names.transcript_key(job.namespace, job.name, job.uid),
+            extra_env=builders.log_env(job, self.config.log_format),
         )
         self.kube.ensure(
             self._adopt(owner, builders.archive_job(job, images=self.images, target=target))
@@ -454,7 +506,12 @@ class Reconciler:
         if spec.ttl_seconds_after_finished is not None and completion:
             due = _parse(completion) + datetime.timedelta(seconds=spec.ttl_seconds_after_finished)
             if now >= due:
-                log.info("deleting %s/%s: ttlSecondsAfterFinished passed", job.namespace, job.name)
+                log.info(
+                    "deleting %s/%s: ttlSecondsAfterFinished passed",
+                    job.namespace,
+                    job.name,
+                    extra={JOB: job_ref(job.namespace, job.name, job.uid)},
+                )
                 self.kube.delete_codingjob(job.namespace, job.name)
                 return MAX_DELAY
             delay = min(delay, (due - now).total_seconds())

@@ -214,6 +214,12 @@ def operator_release(kubeconfig: str, kube_api: client.ApiClient) -> Iterator[st
         "scriptedModel.turnDelaySeconds=2",
         "--set",
         f"storage.publicEndpoint=http://localhost:{MINIO_LOCAL_PORT}",
+        # Two replicas, one active: every e2e test runs against the HA setup, and
+        # test_operations.py kills the active one mid-run.
+        "--set",
+        "replicas=2",
+        "--set",
+        "peering.enabled=true",
         "--wait",
         "--timeout",
         "5m",

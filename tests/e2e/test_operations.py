@@ -1,17 +1,70 @@
-"""Operating CodingJobs as a platform team does: `kubectl wait` on Job-like conditions."""
+"""Operating CodingJobs as a platform team does: `kubectl wait` on Job-like conditions, the
+operator's /metrics, and a failover between its two replicas."""
 
 from __future__ import annotations
 
-import pytest
+import datetime
+import json
+import time
+import urllib.request
+from collections import defaultdict
+from typing import Any
 
-from tests.e2e.conftest import Jobs
+import pytest
+from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import (
+    ARTIFACTS,
+    RELEASE,
+    SYSTEM_NAMESPACE,
+    Jobs,
+    port_forward,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
+#: The chart's default metrics port and the ClusterKopfPeering of the e2e release.
+METRICS_PORT = 8082
+PEERING = f"{RELEASE}-codingjob-operator"
+OPERATOR_SELECTOR = "app.kubernetes.io/component=operator"
 
-def test_kubectl_wait_for_succeeded_and_failed(jobs: Jobs, minio_forward: int) -> None:
-    """`kubectl wait --for=condition=Succeeded|Failed` tells success from failure, and Complete
-    is never set on a failure (as with a Kubernetes Job)."""
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def operator_pods(core: client.CoreV1Api) -> list[client.V1Pod]:
+    pods = core.list_namespaced_pod(SYSTEM_NAMESPACE, label_selector=OPERATOR_SELECTOR).items
+    return [p for p in pods if not p.metadata.deletion_timestamp]
+
+
+def scrape(core: client.CoreV1Api) -> Series:
+    """Every operator replica's /metrics, summed per series (a standby exports no job series)."""
+    total: Series = defaultdict(float)
+    for pod in operator_pods(core):
+        with port_forward(SYSTEM_NAMESPACE, f"pod/{pod.metadata.name}", METRICS_PORT) as port:
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                total[(sample.name, frozenset(sample.labels.items()))] += sample.value
+    return total
+
+
+def value(series: Series, name: str, **labels: str) -> float:
+    """The sum of NAME's samples whose labels include LABELS."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in series.items() if n == name and wanted <= ls)
+
+
+def test_kubectl_wait_and_metrics(
+    jobs: Jobs, minio_forward: int, kube_api: client.ApiClient
+) -> None:
+    """`kubectl wait --for=condition=Succeeded|Failed` tells success from failure, Complete is
+    never set on a failure (as with a Kubernetes Job), and the operator's series move."""
+    core = client.CoreV1Api(kube_api)
+    before = scrape(core)
     jobs.apply(jobs.manifest("waits-ok", "todo-app"))
     jobs.apply(jobs.manifest("waits-bad", "fail"))
     ns = ("-n", jobs.namespace)
@@ -47,3 +100,102 @@ def test_kubectl_wait_for_succeeded_and_failed(jobs: Jobs, minio_forward: int) -
         "wait", "--for=condition=Complete", "cjob/waits-bad", "--timeout=3s", *ns, check=False
     )
     assert wrong.returncode != 0
+
+    after = scrape(core)
+    mine = {"namespace": jobs.namespace}
+    finished = "codingjob_jobs_finished_total"
+    assert value(after, finished, **mine, phase="Succeeded", reason="Completed") == 1
+    assert value(after, finished, **mine, phase="Failed") == 1
+    assert value(after, "codingjob_jobs", **mine, phase="Succeeded") == 1
+    assert value(after, "codingjob_jobs", **mine, phase="Running") == 0
+    assert value(after, "codingjob_time_to_running_seconds_count", **mine) == 2
+    assert value(after, "codingjob_time_to_desktop_ready_seconds_count", **mine) >= 1
+    assert value(after, "codingjob_archive_size_bytes_count", **mine) == 2
+    assert value(after, "codingjob_archive_size_bytes_sum", **mine) > 0
+    assert value(after, "codingjob_archive_duration_seconds_count", **mine) == 2
+    assert value(after, "codingjob_tokens_total", **mine) > 0
+    duration = "codingjob_reconcile_duration_seconds_count"
+    assert value(after, duration) > value(before, duration)
+
+
+def peers(api: client.CustomObjectsApi) -> dict[str, dict[str, Any]]:
+    """The live peers on the release's ClusterKopfPeering, by identity (the pod name)."""
+    obj = api.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", PEERING)
+    now = datetime.datetime.now(datetime.UTC)
+    live = {}
+    for identity, info in (obj.get("status") or {}).items():
+        seen = datetime.datetime.fromisoformat(info["lastseen"])
+        if seen + datetime.timedelta(seconds=int(info["lifetime"])) > now:
+            live[identity] = info
+    return live
+
+
+def active_replica(api: client.CustomObjectsApi) -> str:
+    live = peers(api)
+    assert len({p["priority"] for p in live.values()}) == len(live), f"shared priority: {live}"
+    return max(live, key=lambda identity: live[identity]["priority"])
+
+
+def test_failover_mid_run(jobs: Jobs, minio_forward: int, kube_api: client.ApiClient) -> None:
+    """Killing the active replica while it creates a job's children: the standby takes over
+    within 30 s, finishes the job, and no child is made twice."""
+    core = client.CoreV1Api(kube_api)
+    api = client.CustomObjectsApi(kube_api)
+    wait_for("two operator replicas ready", lambda: len(operator_pods(core)) == 2, 120)
+    wait_for("two live peers", lambda: len(peers(api)) == 2, 60)
+    active = active_replica(api)
+    standby = next(p.metadata.name for p in operator_pods(core) if p.metadata.name != active)
+
+    name = "failover"
+    jobs.apply(jobs.manifest(name, "todo-app"))
+    # Mid-reconcile: the first pass has written the status and is creating the children.
+    wait_for("first pass", lambda: jobs.status(name).get("phase"), 60, interval=0.2)
+    jobs.kubectl(
+        "delete",
+        "pod",
+        active,
+        "-n",
+        SYSTEM_NAMESPACE,
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    )
+    killed = time.monotonic()
+    # A job created after the kill is picked up only by a replica that took over.
+    jobs.apply(jobs.manifest("after-kill", "fail"))
+    wait_for(
+        "the standby handling a new job",
+        lambda: jobs.status("after-kill").get("phase"),
+        60,
+        interval=0.2,
+    )
+    takeover = time.monotonic() - killed
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "failover.json").write_text(json.dumps({"takeover_seconds": takeover}))
+    print(f"failover: the standby took over {takeover:.1f}s after the active replica was killed")
+    assert takeover <= 30, f"takeover took {takeover:.1f}s"
+    assert active_replica(api) == standby
+
+    # Until the end, exactly one agent pod ever exists (a second replica acting on the job, or a
+    # pass repeated from scratch, would delete and recreate it or fail on it).
+    uids: set[str] = set()
+
+    def finished() -> dict[str, Any] | None:
+        pod = jobs.agent_pod(name)
+        if pod is not None:
+            uids.add(pod.metadata.uid)
+        status = jobs.status(name)
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    done = wait_for(f"{name} finished", finished, 300)
+    assert done["phase"] == "Succeeded", done
+    assert len(uids) == 1, f"agent pods seen: {uids}"
+    assert not done.get("podFailures"), "the agent pod was recreated"
+    events = core.list_namespaced_event(
+        jobs.namespace, field_selector=f"involvedObject.name={name}"
+    ).items
+    created = sum(e.count or 1 for e in events if e.reason == "Created")
+    assert created <= 1, "the job was started twice"
+    # The replacement replica stands by: a restarted replica does not take the work back.
+    wait_for("the replacement replica", lambda: len(peers(api)) == 2, 120)
+    assert active_replica(api) == standby

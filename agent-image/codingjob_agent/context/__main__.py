@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
@@ -15,6 +16,7 @@ from codingjob_agent.context.server import gateway_app, stats_app
 from codingjob_agent.context.service import ContextService
 from codingjob_agent.context.settings import Settings, SettingsError
 from codingjob_agent.context.tokens import EncodingError, counter_for
+from codingjob_agent.logformat import LogFormat, configure, job_ref
 
 log = logging.getLogger("codingjob.context")
 
@@ -72,11 +74,22 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("CODINGJOB_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    env = os.environ
+    parser = argparse.ArgumentParser(
+        prog="codingjob-context-manager", description="Run the context-manager sidecar."
     )
+    parser.add_argument(
+        "--log-format",
+        choices=[f.value for f in LogFormat],
+        default=env.get("CODINGJOB_LOG_FORMAT", LogFormat.PLAIN.value),
+        help="plain text, or one JSON object per line with the job's namespace, name and uid "
+        "(default: CODINGJOB_LOG_FORMAT, else %(default)s)",
+    )
+    args = parser.parse_args()
+    job = None
+    if env.get("CODINGJOB_NAMESPACE") and env.get("CODINGJOB_NAME"):
+        job = job_ref(env["CODINGJOB_NAMESPACE"], env["CODINGJOB_NAME"], env.get("CODINGJOB_UID"))
+    configure(LogFormat(args.log_format), level=env.get("CODINGJOB_LOG_LEVEL", "INFO"), job=job)
     try:
         settings = Settings.from_env(os.environ)
         counter_for(settings.encoding)

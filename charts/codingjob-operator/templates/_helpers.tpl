@@ -121,3 +121,11 @@ The scripted demo model's in-cluster base URL.
 {{- define "codingjob-operator.scriptedModel.baseURL" -}}
 {{- printf "http://scripted-model.%s.svc:%d/v1" .Release.Namespace (int .Values.scriptedModel.port) }}
 {{- end }}
+
+{{/*
+The ClusterKopfPeering the replicas meet on: peering.name, else the release's full name (two
+releases on one cluster must not pause each other).
+*/}}
+{{- define "codingjob-operator.peeringName" -}}
+{{- .Values.peering.name | default (include "codingjob-operator.fullname" .) }}
+{{- end }}

@@ -88,7 +88,7 @@ def test_operator_probes_use_kopfs_liveness_endpoint(helm: Helm) -> None:
     manifests = helm.render(sets=["healthPort=9090"])
     container = pod_specs(manifests)["codingjob"]["containers"][0]
     assert container["args"] == ["--liveness=http://0.0.0.0:9090/healthz"]
-    assert container["ports"] == [{"name": "health", "containerPort": 9090, "protocol": "TCP"}]
+    assert container["ports"][0] == {"name": "health", "containerPort": 9090, "protocol": "TCP"}
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     # kopf's peer identity is the pod name; without it kopf needs a passwd entry for the uid.
@@ -182,6 +182,8 @@ def test_operator_settings_with_the_bundled_minio(helm: Helm) -> None:
         "CODINGJOB_IMAGE_PULL_POLICY": "IfNotPresent",
         "CODINGJOB_IMAGE_PULL_TIMEOUT_SECONDS": "300",
         "CODINGJOB_STATS_INTERVAL_SECONDS": "5",
+        "CODINGJOB_LOG_FORMAT": "plain",
+        "CODINGJOB_METRICS_PORT": "8082",
         "CODINGJOB_STORAGE_ENDPOINT": f"codingjob-minio.{NAMESPACE}.svc:9000",
         "CODINGJOB_STORAGE_PUBLIC_ENDPOINT": "http://localhost:9000",
         "CODINGJOB_STORAGE_SECURE": "false",
@@ -310,7 +312,10 @@ def test_external_storage_turns_the_bundled_minio_off(helm: Helm) -> None:
 
 def test_no_storage_means_no_storage_settings(helm: Helm) -> None:
     manifests = helm.render([CI["no-storage-values"]])
-    assert not kinds(manifests) & {"Secret", "PersistentVolumeClaim", "Service"}
+    assert not kinds(manifests) & {"Secret", "PersistentVolumeClaim"}
+    # The only Service left is the operator's metrics.
+    services = [m["metadata"]["name"] for m in manifests if m["kind"] == "Service"]
+    assert services == ["codingjob-metrics"]
     assert not [k for k in operator_config(manifests) if k.startswith("CODINGJOB_STORAGE_")]
     env = env_of(pod_specs(manifests)["codingjob"]["containers"][0])
     assert not [k for k in env if k.startswith("CODINGJOB_STORAGE_")]
@@ -400,10 +405,7 @@ def test_no_peering_object_without_peering(helm: Helm) -> None:
     [
         (["replicas=2"], "replicas > 1 needs peering.enabled"),
         (["storage.endpoint=s3.example.com:443"], "needs storage.existingSecret"),
-        (
-            ["peering.enabled=true", "watchNamespaces={a}"],
-            "peering.enabled works cluster-wide only",
-        ),
+        (["metrics.port=8080"], "healthPort and metrics.port must differ"),
     ],
 )
 def test_inconsistent_values_are_refused(helm: Helm, sets: list[str], message: str) -> None:
