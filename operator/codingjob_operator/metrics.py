@@ -78,17 +78,17 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        job_labels = ("namespace", "class")
+        job_labels = ("namespace", "job_class")
         self.jobs = Gauge(
             "codingjob_jobs",
             "CodingJobs this replica handles, by phase",
-            ("namespace", "class", "phase"),
+            ("namespace", "job_class", "phase"),
             registry=r,
         )
         self.finished = Counter(
             "codingjob_jobs_finished",
             "CodingJobs that reached Succeeded or Failed, by final reason",
-            ("namespace", "class", "phase", "reason"),
+            ("namespace", "job_class", "phase", "reason"),
             registry=r,
         )
         self.reconcile_duration = Histogram(
@@ -134,19 +134,19 @@ class Metrics:
         self.tokens = Counter(
             "codingjob_tokens",
             "Model tokens used (prompt and completion), as the sidecar counts them",
-            ("namespace", "class", "model"),
+            ("namespace", "job_class", "model"),
             registry=r,
         )
         self.model_errors = Counter(
             "codingjob_model_errors",
             "Model calls that failed after the sidecar's retries, as the sidecar reports them",
-            ("namespace", "class", "model"),
+            ("namespace", "job_class", "model"),
             registry=r,
         )
         self.model_retries = Counter(
             "codingjob_model_retries",
             "Model calls the sidecar retried, as it reports them",
-            ("namespace", "class", "model"),
+            ("namespace", "job_class", "model"),
             registry=r,
         )
         self._lock = threading.Lock()

@@ -37,7 +37,7 @@ def value(m: Metrics, name: str, **labels: str) -> float:
     return 0.0 if sample is None else sample
 
 
-JOB = {"namespace": "team-a", "class": "standard"}
+JOB = {"namespace": "team-a", "job_class": "standard"}
 
 
 def test_phase_gauge_counts_jobs_and_drops_to_zero() -> None:
@@ -51,10 +51,10 @@ def test_phase_gauge_counts_jobs_and_drops_to_zero() -> None:
     assert value(m, "codingjob_jobs", **JOB, phase="Succeeded") == 1
     m.forget("team-a", "two")
     m.forget("team-a", "one")
-    series = {"namespace": "team-a", "class": "standard", "phase": "Running"}
+    series = {"namespace": "team-a", "job_class": "standard", "phase": "Running"}
     # Still exported, at 0: a vanished series would look like missing data to alerts.
     assert m.registry.get_sample_value("codingjob_jobs", series) == 0
-    assert value(m, "codingjob_jobs", namespace="team-b", **{"class": ""}, phase="Pending") == 1
+    assert value(m, "codingjob_jobs", namespace="team-b", job_class="", phase="Pending") == 1
 
 
 def test_a_job_from_apply_to_archive_moves_every_series_once() -> None:
