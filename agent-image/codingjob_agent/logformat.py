@@ -3,7 +3,7 @@
 A copy of the operator's ``codingjob_operator.logformat`` (the agent image does not contain the
 operator package, and the operator must not depend on the agent's): keys ``timestamp``,
 ``severity``, ``logger``, ``message``, ``job`` (``{"namespace", "name", "uid"}``) and
-``exception``. A unit test keeps both modules writing the same lines.
+``exc_info``. A unit test keeps both modules writing the same lines.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class JsonFormatter(logging.Formatter):
         if job:
             line[JOB] = dict(job)
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False, default=str)
 
 

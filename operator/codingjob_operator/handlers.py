@@ -75,10 +75,13 @@ def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         logging.getLogger(__name__).warning(
             "CODINGJOB_STORAGE_* not set: finished jobs are not archived, workspaces are kept"
         )
-    memo.metrics = Metrics()
-    if config.metrics_port:
-        metrics.serve(memo.metrics, config.metrics_port)
-    memo.reconciler = Reconciler(default_kube(), config, store, metrics=memo.metrics)
+    kube = default_kube()
+    # Once per process: kopf retries a failed startup handler, and the port stays bound.
+    if getattr(memo, "metrics", None) is None:
+        memo.metrics = Metrics()
+        if config.metrics_port:
+            metrics.serve(memo.metrics, config.metrics_port)
+    memo.reconciler = Reconciler(kube, config, store, metrics=memo.metrics)
     memo.wakeups = Wakeups()
     # Reconcile passes block on API and storage calls; a pool of their own keeps them from
     # starving other work of the default executor.

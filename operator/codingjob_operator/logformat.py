@@ -2,7 +2,7 @@
 
 Keys: ``timestamp`` (RFC 3339, UTC), ``severity`` (debug/info/warn/error/fatal), ``logger``,
 ``message``, ``job`` (``{"namespace", "name", "uid"}`` when the line is about a CodingJob) and
-``exception`` (the traceback, when there is one). The operator process gets kopf's formatter
+``exc_info`` (the traceback, when there is one). The operator process gets kopf's formatter
 (``kopf.configure``) with the reference key ``job``; the archiver, which runs without kopf, uses
 :class:`JsonFormatter`. The agent image's sidecar has a copy of this module
 (``codingjob_agent.logformat``): the two packages ship in different images and neither may import
@@ -68,7 +68,7 @@ class JsonFormatter(logging.Formatter):
         if job:
             line[JOB] = dict(job)
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False, default=str)
 
 

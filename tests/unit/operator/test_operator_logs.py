@@ -49,7 +49,7 @@ def test_formatter_falls_back_to_the_process_job_and_keeps_tracebacks_on_one_lin
     assert "\n" not in line
     parsed = json.loads(line)
     assert parsed["job"] == JOB
-    assert "ValueError: boom" in parsed["exception"]
+    assert "ValueError: boom" in parsed["exc_info"]
 
 
 def test_sidecar_copy_writes_the_same_lines() -> None:
