@@ -25,15 +25,15 @@ help: ## Show this help.
 deps: ## Install the system packages the cluster, images and tests need (Debian/Ubuntu, root).
 	hack/install-deps.sh
 
-$(VENV)/.installed: pyproject.toml agent-image/pyproject.toml
+$(VENV)/.installed: pyproject.toml agent-image/pyproject.toml gateway/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	hack/heartbeat.sh "installing the Python packages" "about 3 min the first time" \
-		$(PY) -m pip install -q -e '.[dev]' -e ./agent-image
+		$(PY) -m pip install -q -e '.[dev]' -e ./agent-image -e ./gateway
 	touch $@
 
 .PHONY: venv
-venv: $(VENV)/.installed ## Create the Python virtualenv with the operator, the agent and dev tools.
+venv: $(VENV)/.installed ## Create the Python virtualenv with the operator, the agent, the gateway and dev tools.
 
 .PHONY: lint
 lint: venv ## Lint and type-check (ruff, mypy, import contracts).

@@ -121,3 +121,10 @@ The scripted demo model's in-cluster base URL.
 {{- define "codingjob-operator.scriptedModel.baseURL" -}}
 {{- printf "http://scripted-model.%s.svc:%d/v1" .Release.Namespace (int .Values.scriptedModel.port) }}
 {{- end }}
+
+{{/*
+Name of the gateway's Deployment, Service, ServiceAccount and RBAC objects.
+*/}}
+{{- define "codingjob-operator.gateway.fullname" -}}
+{{- printf "%s-gateway" (include "codingjob-operator.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
