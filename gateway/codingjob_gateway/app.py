@@ -75,6 +75,16 @@ class HttpError(Exception):
         self.headers = headers or {}
 
 
+async def caller(request: Request) -> Identity:
+    """The authenticated caller: bearer token (or the console's cookie) through TokenReview."""
+    gw: Gateway = request.app.state.gateway
+    token = bearer_token(request.headers.get("authorization"), request.cookies.get(TOKEN_COOKIE))
+    return await gw.auth.identify(token)
+
+
+Caller = Annotated[Identity, Depends(caller)]
+
+
 def api_error_response(error: ApiError) -> tuple[int, str]:
     """The gateway's status for an API server error: the caller's 403/404/409 as they are, bad
     input as 422, an unreachable or failing API server as 503."""
@@ -167,7 +177,8 @@ def create_app(settings: GatewaySettings, kube: KubeClient) -> FastAPI:
         route = _route_template(app, request)
         elapsed = time.perf_counter() - start
         gw.metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        if not isinstance(response, StreamingResponse):
+        # An event stream lasts as long as its client: its duration is no latency.
+        if route != "/watch":
             gw.metrics.latency.labels(route).observe(elapsed)
         if route not in ("/metrics", "/healthz"):
             log.info(
@@ -185,14 +196,6 @@ def create_app(settings: GatewaySettings, kube: KubeClient) -> FastAPI:
         return response
 
     # --- authentication ----------------------------------------------------------------------
-
-    async def caller(request: Request) -> Identity:
-        token = bearer_token(
-            request.headers.get("authorization"), request.cookies.get(TOKEN_COOKIE)
-        )
-        return await gw.auth.identify(token)
-
-    Caller = Annotated[Identity, Depends(caller)]
 
     def job_id(raw: str, who: Identity) -> JobId:
         return JobId.parse(raw, gw.default_namespace(who))
