@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]
 #: The watch asks the server to end it after this long, then resumes from its resourceVersion.
 WATCH_SECONDS = 240
+#: Longest pause between attempts while the API server is unreachable.
+MAX_PAUSE = 30.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class JobHub:
 
     async def _run(self) -> None:
         path = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+        pause = 1.0
         while True:
             try:
                 listing = await self.kube.request("GET", path)
@@ -125,6 +128,7 @@ class JobHub:
                         self._publish(Change("MODIFIED" if key in self._jobs else "ADDED", obj))
                 self._jobs = fresh
                 self._synced.set()
+                pause = 1.0
                 version = str((listing.get("metadata") or {}).get("resourceVersion", ""))
                 while True:
                     params = {
@@ -148,8 +152,9 @@ class JobHub:
                 raise
             except Exception as error:  # any failure: relist after a pause, never die
                 self.metrics.watch_restarts.inc()
-                log.warning("CodingJob watch restarts: %s", error)
-                await asyncio.sleep(1)
+                log.warning("CodingJob watch restarts in %.0fs: %s", pause, error)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_PAUSE)
 
 
 def _key(obj: dict[str, Any]) -> Key:
