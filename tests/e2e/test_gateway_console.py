@@ -111,8 +111,10 @@ def test_console_live_desktop_and_download(
             pod = f"{name}-agent"
             mirrored = wait_for(
                 "the agent's first command in the terminal mirror",
-                lambda: FIRST_COMMAND
-                in exec_in_agent(core, namespace, pod, "cat /tmp/codingjob/terminal/*.cmd"),
+                lambda: (
+                    FIRST_COMMAND
+                    in exec_in_agent(core, namespace, pod, "cat /tmp/codingjob/terminal/*.cmd")
+                ),
                 120,
             )
             assert mirrored
