@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request, Response
@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from codingjob_gateway import jobs
 from codingjob_gateway.auth import TOKEN_COOKIE, Authenticator, NotAuthenticated, bearer_token
@@ -168,32 +169,7 @@ def create_app(settings: GatewaySettings, kube: KubeClient) -> FastAPI:
             422,
         )
 
-    @app.middleware("http")
-    async def _observe(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = _route_template(app, request)
-        elapsed = time.perf_counter() - start
-        gw.metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        # An event stream lasts as long as its client: its duration is no latency.
-        if route != "/watch":
-            gw.metrics.latency.labels(route).observe(elapsed)
-        if route not in ("/metrics", "/healthz"):
-            log.info(
-                "%s %s %d",
-                request.method,
-                route,
-                response.status_code,
-                extra={
-                    "route": route,
-                    "method": request.method,
-                    "status": response.status_code,
-                    "duration_ms": round(elapsed * 1000, 1),
-                },
-            )
-        return response
+    app.add_middleware(ObserveRequests, gateway=gw)
 
     # --- authentication ----------------------------------------------------------------------
 
@@ -480,13 +456,63 @@ def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def _route_template(app: FastAPI, request: Request) -> str:
-    route = request.scope.get("route")
-    path = getattr(route, "path", None)
+def _route_template(app: Any, scope: Scope) -> str:
+    """The matched route's template (``/status/{job_id}``): bounded metric label values."""
+    path = getattr(scope.get("route"), "path", None)
     if isinstance(path, str):
         return path
-    for candidate in app.routes:
-        match, _ = candidate.matches(request.scope)
+    for candidate in getattr(app, "routes", []):
+        match, _ = candidate.matches(scope)
         if match == Match.FULL:
             return str(getattr(candidate, "path", "other"))
     return "other"
+
+
+class ObserveRequests:
+    """Counts, times and logs every HTTP request (plain ASGI: streams pass through untouched)."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gw = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        started = False
+
+        async def observe_start(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                status = int(message["status"])
+                # An event stream lasts as long as its client: only its start is latency.
+                self._record(scope, status, time.perf_counter() - start)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observe_start)
+        except Exception:
+            if not started:
+                self._record(scope, 500, time.perf_counter() - start)
+            raise
+
+    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
+        route = _route_template(scope.get("app"), scope)
+        method = str(scope.get("method", ""))
+        self.gw.metrics.requests.labels(route, method, str(status)).inc()
+        self.gw.metrics.latency.labels(route).observe(elapsed)
+        if route not in ("/metrics", "/healthz"):
+            log.info(
+                "%s %s %d",
+                method,
+                route,
+                status,
+                extra={
+                    "route": route,
+                    "method": method,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 1),
+                },
+            )

@@ -174,6 +174,30 @@ the API server and every action runs with its rights.</p>
 """
 
 
+#: The console's pages load only their own scripts and styles and talk only to the gateway, so
+#: an injected script or a framing page has nothing to work with.
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+class Html(HTMLResponse):
+    """A console page, with the console's security headers."""
+
+    def __init__(self, content: str, status_code: int = 200) -> None:
+        super().__init__(
+            content,
+            status_code,
+            headers={
+                "Content-Security-Policy": CSP,
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "same-origin",
+                "Cache-Control": "no-store",
+            },
+        )
+
+
 def add_console(app: FastAPI, gw: Gateway) -> None:
     """Mount the console's pages, static files and the desktop websocket on ``app``."""
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -214,13 +238,13 @@ def add_console(app: FastAPI, gw: Gateway) -> None:
             views = [job_view(o) for o in listing.get("items") or []]
         except ApiError as api_error:
             status, message = api_error_response(api_error)
-            return HTMLResponse(jobs_page(ns, [], user.username, message), status)
+            return Html(jobs_page(ns, [], user.username, message), status)
         views.sort(key=lambda v: v.created or "", reverse=True)
-        return HTMLResponse(jobs_page(ns, views, user.username, error))
+        return Html(jobs_page(ns, views, user.username, error))
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
-    async def login_form() -> HTMLResponse:
-        return HTMLResponse(page("Log in", LOGIN_BODY.format(alert="")))
+    async def login_form() -> Html:
+        return Html(page("Log in", LOGIN_BODY.format(alert="")))
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request, token: Annotated[str, Form()]) -> Response:
@@ -229,7 +253,7 @@ def add_console(app: FastAPI, gw: Gateway) -> None:
             await gw.auth.identify(token)
         except NotAuthenticated as error:
             alert = f'<p role="alert" class="error">{_e(error)}</p>'
-            return HTMLResponse(page("Log in", LOGIN_BODY.format(alert=alert)), 401)
+            return Html(page("Log in", LOGIN_BODY.format(alert=alert)), 401)
         response = RedirectResponse("/", 303)
         response.set_cookie(
             TOKEN_COOKIE,
@@ -264,6 +288,8 @@ def add_console(app: FastAPI, gw: Gateway) -> None:
         if model.strip():
             spec["model"] = {"name": model.strip()}
         if max_steps.strip():
+            if not max_steps.strip().isdigit():
+                return RedirectResponse(f"/?namespace={namespace}&error=Most+steps:+a+number", 303)
             spec["limits"] = {"maxSteps": int(max_steps)}
         ns = namespace or gw.default_namespace(user)
         try:
@@ -296,8 +322,8 @@ def add_console(app: FastAPI, gw: Gateway) -> None:
         except ApiError as error:
             status, message = api_error_response(error)
             body = f'<h1>Job {_e(job)}</h1><p role="alert" class="error">{_e(message)}</p>'
-            return HTMLResponse(page("Job", body, user=user.username), status)
-        return HTMLResponse(job_page(job_view(obj), user.username))
+            return Html(page("Job", body, user=user.username), status)
+        return Html(job_page(job_view(obj), user.username))
 
     @app.post("/ui/jobs/{job_id}/{action}", include_in_schema=False)
     async def ui_action(request: Request, job_id: str, action: str) -> Response:
@@ -325,7 +351,7 @@ def add_console(app: FastAPI, gw: Gateway) -> None:
             )
         except ApiError as error:
             status, message = api_error_response(error)
-            return HTMLResponse(page("Error", f'<p role="alert">{_e(message)}</p>'), status)
+            return Html(page("Error", f'<p role="alert">{_e(message)}</p>'), status)
         return RedirectResponse(f"/ui/jobs/{job}", 303)
 
     @app.websocket("/jobs/{job_id}/desktop/vnc")

@@ -18,7 +18,8 @@ class Metrics:
         )
         self.latency = Histogram(
             "codingjob_gateway_request_duration_seconds",
-            "HTTP request latency by route template (SSE and websockets excluded).",
+            "Time to the start of the response by route template (for event streams: until the "
+            "stream opens).",
             ["route"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
