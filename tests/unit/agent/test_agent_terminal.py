@@ -85,3 +85,24 @@ def test_viewer_prints_commands_and_output_as_they_happen(tmp_path: Path) -> Non
     assert after.index("first-line\n") < after.index("second-line\n") < after.index("# str_replace")
     assert "does not exist" in out
     assert "[failed]" in out
+
+
+def test_viewer_cuts_a_flood_and_shows_its_end(tmp_path: Path) -> None:
+    mirror = tmp_path / "terminal"
+    box = Toolbox(workspace=tmp_path, terminal=Terminal(mirror))
+    env = dict(os.environ, CODINGJOB_TERMINAL_DIR=str(mirror), CODINGJOB_TERMINAL_CAP="1000")
+    viewer = subprocess.Popen(
+        ["bash", str(VIEWER)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        box.run("bash", _args(command="seq 1 20000; echo the-very-end"))
+        deadline = time.monotonic() + 10
+        while not (mirror / "000001.done").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+    finally:
+        viewer.terminate()
+        out = viewer.communicate(timeout=5)[0].decode()
+    assert "[... more output; the end follows when the command ends ...]" in out
+    assert out.rstrip().endswith("the-very-end")
+    assert len(out) < 5000
