@@ -128,3 +128,10 @@ Name of the gateway's Deployment, Service, ServiceAccount and RBAC objects.
 {{- define "codingjob-operator.gateway.fullname" -}}
 {{- printf "%s-gateway" (include "codingjob-operator.fullname" . | trunc 55 | trimSuffix "-") }}
 {{- end }}
+
+{{/*
+Name of the ClusterRole to bind to the gateway's users (`<gateway fullname>-user`).
+*/}}
+{{- define "codingjob-operator.gateway.userRole" -}}
+{{- printf "%s-gateway-user" (include "codingjob-operator.fullname" . | trunc 50 | trimSuffix "-") }}
+{{- end }}
