@@ -175,6 +175,28 @@ def report(label: str, gateway: Result, direct: Result, unit_count: str) -> None
     )
 
 
+def ensure_crd() -> None:
+    """Install the CodingJob CRD when the cluster has none (a fresh cluster: no chart yet)."""
+    import yaml
+
+    extensions = client.ApiextensionsV1Api()
+    try:
+        extensions.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
+        return
+    except client.ApiException as error:
+        if error.status != 404:
+            raise
+    extensions.create_custom_resource_definition(
+        yaml.safe_load((REPO / "crds" / "codingjob.yaml").read_text())
+    )
+    for _ in range(100):
+        crd = extensions.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
+        conditions = (crd.status.conditions if crd.status else None) or []
+        if any(c.type == "Established" and c.status == "True" for c in conditions):
+            return
+        time.sleep(0.1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=200)
@@ -186,6 +208,7 @@ def main() -> int:
         args.clients, args.reads, args.changes = 20, 5, 3
 
     config.load_kube_config()
+    ensure_crd()
     kubeconfig = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
     api = client.ApiClient()
     core, rbac, custom = (
