@@ -63,6 +63,18 @@ class Gateway:
         return f"/apis/{GROUP}/{VERSION}/namespaces/{job.namespace}/{PLURAL}/{job.name}{sub}"
 
     async def read_job(self, job: JobId, who: Identity) -> dict[str, Any]:
+        """The CodingJob as the caller may see it.
+
+        Served from the shared watch when it holds the job and a SubjectAccessReview (cached
+        briefly) says the caller may get it: many clients polling a status cost the API server
+        nothing. Otherwise, or when refused, one GET as the caller, so a refusal carries the API
+        server's own message and a job the watch has not seen yet is still found.
+        """
+        cached = self.hub.get(job.namespace, job.name)
+        if cached is not None:
+            allowed, _ = await self.auth.may(who, job.namespace, "get", PLURAL, GROUP, job.name)
+            if allowed:
+                return cached
         return await self.kube.request("GET", self.job_path(job), as_user=who)
 
 

@@ -67,7 +67,7 @@ class Authenticator:
     def __init__(self, kube: KubeClient, cache_seconds: float) -> None:
         self.kube = kube
         self._identities: TtlCache[str, Identity | None] = TtlCache(cache_seconds)
-        self._access: TtlCache[tuple[Identity, str, str, str], tuple[bool, str]] = TtlCache(
+        self._access: TtlCache[tuple[Identity, str, str, str, str], tuple[bool, str]] = TtlCache(
             cache_seconds
         )
 
@@ -84,12 +84,13 @@ class Authenticator:
         return identity
 
     async def may(
-        self, who: Identity, namespace: str, verb: str, resource: str, group: str
+        self, who: Identity, namespace: str, verb: str, resource: str, group: str, name: str = ""
     ) -> tuple[bool, str]:
-        """Whether ``who`` may ``verb`` ``resource`` in ``namespace`` (SubjectAccessReview)."""
+        """Whether ``who`` may ``verb`` ``resource`` (``name``) in ``namespace``
+        (SubjectAccessReview)."""
         return await self._access.get(
-            (who, namespace, verb, f"{resource}.{group}"),
+            (who, namespace, verb, f"{resource}.{group}", name),
             lambda: self.kube.review_access(
-                who, namespace=namespace, verb=verb, resource=resource, group=group
+                who, namespace=namespace, verb=verb, resource=resource, group=group, name=name
             ),
         )

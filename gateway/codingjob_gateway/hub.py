@@ -71,6 +71,12 @@ class JobHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The latest state of a job the watch has seen, None when unknown or not synced."""
+        if not self._synced.is_set() or self._task is None or self._task.done():
+            return None
+        return self._jobs.get((namespace, name))
+
     async def wait_synced(self, timeout: float) -> bool:
         """True once the first list has arrived; False after ``timeout`` seconds."""
         self.start()
@@ -151,6 +157,8 @@ class JobHub:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # any failure: relist after a pause, never die
+                # Until the relist, reads go to the API server rather than to a stale copy.
+                self._synced.clear()
                 self.metrics.watch_restarts.inc()
                 log.warning("CodingJob watch restarts in %.0fs: %s", pause, error)
                 await asyncio.sleep(pause)

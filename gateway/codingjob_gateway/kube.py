@@ -260,9 +260,17 @@ class KubeClient:
         )
 
     async def review_access(
-        self, who: Identity, *, namespace: str, verb: str, resource: str, group: str
+        self,
+        who: Identity,
+        *,
+        namespace: str,
+        verb: str,
+        resource: str,
+        group: str,
+        name: str = "",
     ) -> tuple[bool, str]:
-        """SubjectAccessReview: may ``who`` do ``verb`` on ``resource`` in ``namespace``?"""
+        """SubjectAccessReview: may ``who`` do ``verb`` on ``resource`` (``name``, if given) in
+        ``namespace``?"""
         review = await self.request(
             "POST",
             "/apis/authorization.k8s.io/v1/subjectaccessreviews",
@@ -278,6 +286,7 @@ class KubeClient:
                         "verb": verb,
                         "group": group,
                         "resource": resource,
+                        "name": name,
                     },
                 },
             },

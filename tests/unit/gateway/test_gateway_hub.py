@@ -62,7 +62,11 @@ def test_snapshot_then_changes_of_the_namespace_only() -> None:
             added = await next_change(sub_a.queue)
             assert added is not None and added.type == "ADDED"
             assert sub_b.queue.empty()
+        assert hub.get("a", "two") is not None
+        assert hub.get("a", "nope") is None
         await hub.stop()
+        # A stopped watch serves nothing: reads go to the API server.
+        assert hub.get("a", "one") is None
 
     asyncio.run(scenario())
 
@@ -96,6 +100,7 @@ def test_relist_after_an_error_reports_what_vanished() -> None:
             # The watch's resourceVersion is too old: the API says 410 and the hub relists.
             await api.events.put({"type": "ERROR", "object": {"code": 410, "message": "too old"}})
             deleted = await asyncio.wait_for(sub.queue.get(), 5)
+            assert hub.get("a", "gone") is None
             assert deleted is not None
             assert (deleted.type, deleted.object["metadata"]["name"]) == ("DELETED", "gone")
         assert api.lists == 2
