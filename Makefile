@@ -25,15 +25,15 @@ help: ## Show this help.
 deps: ## Install the system packages the cluster, images and tests need (Debian/Ubuntu, root).
 	hack/install-deps.sh
 
-$(VENV)/.installed: pyproject.toml agent-image/pyproject.toml
+$(VENV)/.installed: pyproject.toml agent-image/pyproject.toml gateway/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	hack/heartbeat.sh "installing the Python packages" "about 3 min the first time" \
-		$(PY) -m pip install -q -e '.[dev]' -e ./agent-image
+		$(PY) -m pip install -q -e '.[dev]' -e ./agent-image -e ./gateway
 	touch $@
 
 .PHONY: venv
-venv: $(VENV)/.installed ## Create the Python virtualenv with the operator, the agent and dev tools.
+venv: $(VENV)/.installed ## Create the Python virtualenv with the operator, the agent, the gateway and dev tools.
 
 .PHONY: lint
 lint: venv ## Lint and type-check (ruff, mypy, import contracts).
@@ -98,7 +98,7 @@ tools: ## Build (once; then cached) Kubernetes, etcd, CoreDNS, pause, helm, MinI
 # needs no cluster, to BENCH_CLUSTER when it does (a unit test checks that every one is listed).
 BENCH_ARGS ?=
 BENCH_LOCAL := bench-agent bench-context bench-archive
-BENCH_CLUSTER := bench-operator
+BENCH_CLUSTER := bench-operator bench-gateway
 
 .PHONY: bench-agent
 bench-agent: venv ## Agent overhead per step without the model, vs a bare `bash -c true`.
@@ -107,6 +107,10 @@ bench-agent: venv ## Agent overhead per step without the model, vs a bare `bash 
 .PHONY: bench-operator
 bench-operator: venv cluster-up ## 200 CodingJobs vs 200 Jobs at once: create-to-pod p50/p99 ratio, operator memory.
 	KUBECONFIG=$${KUBECONFIG:-$${CODINGJOB_CLUSTER_DIR:-/var/lib/codingjob-cluster}/kubeconfig} $(PY) bench/operator/bench_operator.py $(BENCH_ARGS)
+
+.PHONY: bench-gateway
+bench-gateway: venv cluster-up ## 200 clients: status reads and SSE fan-out through one gateway vs the API server directly; p50/p99, RSS.
+	KUBECONFIG=$${KUBECONFIG:-$${CODINGJOB_CLUSTER_DIR:-/var/lib/codingjob-cluster}/kubeconfig} $(PY) bench/gateway/bench_gateway.py $(BENCH_ARGS)
 
 .PHONY: bench-archive
 bench-archive: venv ## 1 GiB / 20,000-file workspace: archiver streaming to MinIO vs `zip -r` + upload; ratio, peak memory.

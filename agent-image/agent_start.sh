@@ -53,6 +53,11 @@ cp /opt/codingjob/etc/fluxbox-overlay /tmp/codingjob/wm-home/.fluxbox/overlay
 # Caches (fonts, pip, the browser) are not the user's work: keep them out of the archive.
 export XDG_CACHE_HOME="${XDG_CACHE_HOME:-/tmp/codingjob/cache}"
 
+# With a desktop, the agent mirrors its tool calls here and a terminal window shows them.
+if [ "$CODINGJOB_GUI_ENABLED" = true ]; then
+  export CODINGJOB_TERMINAL_DIR="${CODINGJOB_TERMINAL_DIR:-/tmp/codingjob/terminal}"
+fi
+
 readable() { [ -r "$1" ] && [ -s "$1" ]; }
 export CODINGJOB_GUI_AUTOSTART="$CODINGJOB_GUI_ENABLED"
 export CODINGJOB_VNC_AUTOSTART="$CODINGJOB_GUI_ENABLED"

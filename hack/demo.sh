@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the main job in one command. Brings up the local cluster (or uses $KUBECONFIG),
 # builds and loads the images, installs the chart with MinIO, applies crds/samples/todo-app.yaml,
-# follows it to the end and downloads the workspace ZIP.
+# follows it to the end and downloads the workspace ZIP. Then the same through the HTTP API: the
+# gateway's console URL, a token for a demo ServiceAccount, and the seed's two curl calls.
 #
 # Without LLM_BASE_URL/LLM_API_KEY/LLM_MODEL it uses the scripted demo model: a test fixture that
 # replays pre-written tool calls, not a real model. With them set it uses that real model.
@@ -12,6 +13,7 @@ NAMESPACE="${DEMO_NAMESPACE:-codingjob-demo}"
 SYSTEM_NAMESPACE="${SYSTEM_NAMESPACE:-codingjob-system}"
 RELEASE="${RELEASE:-codingjob}"
 MINIO_LOCAL_PORT="${MINIO_LOCAL_PORT:-9000}"
+GATEWAY_LOCAL_PORT="${GATEWAY_LOCAL_PORT:-8000}"
 TIMEOUT="${DEMO_TIMEOUT:-900}"
 OUT="${DEMO_OUT:-artifacts/demo}"
 JOB=todo-app
@@ -50,6 +52,8 @@ hack/chart-sync.sh >/dev/null
   --set scriptedModel.enabled="$scripted" \
   --set "watchNamespaces={$NAMESPACE}" \
   --set storage.publicEndpoint="http://localhost:${MINIO_LOCAL_PORT}" \
+  --set gateway.enabled=true \
+  --set gateway.defaultNamespace="$NAMESPACE" \
   --wait --timeout 5m
 
 k create namespace "$NAMESPACE" --dry-run=client -o yaml | k apply -f - >/dev/null
@@ -114,3 +118,37 @@ echo "Download URL: $url"
 echo "Saved to $OUT/workspace.zip; its files:"
 unzip -l "$OUT/workspace.zip"
 [ "$phase" = Succeeded ]
+
+say "The HTTP API and the web console (codingjob-gateway)"
+# A ServiceAccount allowed to use the gateway in the demo namespace only.
+k -n "$NAMESPACE" create serviceaccount demo --dry-run=client -o yaml | k apply -f - >/dev/null
+gateway_svc=$(k -n "$SYSTEM_NAMESPACE" get svc -l app.kubernetes.io/component=gateway -o jsonpath='{.items[0].metadata.name}')
+k -n "$NAMESPACE" create rolebinding gateway-demo --clusterrole="${gateway_svc}-user" \
+  --serviceaccount="$NAMESPACE:demo" --dry-run=client -o yaml | k apply -f - >/dev/null
+TOKEN=$(k -n "$NAMESPACE" create token demo --duration 8h)
+k -n "$SYSTEM_NAMESPACE" port-forward "svc/$gateway_svc" "${GATEWAY_LOCAL_PORT}:8000" >/dev/null 2>&1 &
+gpf=$!
+trap 'kill $pf $gpf 2>/dev/null || true' EXIT
+api="http://localhost:${GATEWAY_LOCAL_PORT}"
+for _ in $(seq 1 50); do curl -fsS "$api/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
+body='{"task": "Build me a todo app in React"}'
+echo "\$ curl -X POST $api/submit -H \"Authorization: Bearer \$TOKEN\" -H 'Content-Type: application/json' -d '$body'"
+submitted=$(curl -fsS -X POST "$api/submit" -H "Authorization: Bearer $TOKEN" \
+  -H 'Content-Type: application/json' -d "$body")
+echo "$submitted"
+job_id=$("$PY" -c 'import json, sys; print(json.load(sys.stdin)["job_id"])' <<<"$submitted")
+echo "\$ curl $api/status/$job_id -H \"Authorization: Bearer \$TOKEN\""
+curl -fsS "$api/status/$job_id" -H "Authorization: Bearer $TOKEN"
+echo
+cat <<EOF
+
+Keep the gateway and MinIO reachable (the demo's own port-forwards end with it):
+  kubectl -n $SYSTEM_NAMESPACE port-forward svc/$gateway_svc ${GATEWAY_LOCAL_PORT}:8000 &
+  kubectl -n $SYSTEM_NAMESPACE port-forward svc/$minio_svc ${MINIO_LOCAL_PORT}:9000 &
+  export TOKEN=\$(kubectl -n $NAMESPACE create token demo --duration 8h)
+
+Web console (jobs, submit form, live desktop, download): $api/  (log in with \$TOKEN)
+HTTP API (OpenAPI at $api/docs):
+  curl -X POST $api/submit -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' -d '$body'
+  curl $api/status/$job_id -H "Authorization: Bearer \$TOKEN"
+EOF

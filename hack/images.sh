@@ -3,6 +3,7 @@
 #   codingjob/base:bookworm   hack/base-image.sh (debootstrap + docker import)
 #   codingjob/agent:dev       agent-image/Dockerfile (context agent-image/)
 #   codingjob/operator:dev    operator/Dockerfile (context: the repository root)
+#   codingjob/gateway:dev     gateway/Dockerfile (context gateway/)
 #   codingjob/minio:dev       hack/cluster/images/Dockerfile + the MinIO server from build.sh
 # Docker's layer cache and an image-id check before each import make a warm run take seconds.
 set -euo pipefail
@@ -43,6 +44,7 @@ build() {
 }
 build codingjob/agent:dev agent-image/Dockerfile agent-image
 build codingjob/operator:dev operator/Dockerfile .
+build codingjob/gateway:dev gateway/Dockerfile gateway
 # The bundled MinIO of the chart (development default): the base image plus the pinned server.
 binary_image codingjob/minio:dev "$("$HACK_CLUSTER/build.sh" minio)"
 built+=(codingjob/minio:dev)

@@ -220,6 +220,9 @@ def operator_release(kubeconfig: str, kube_api: client.ApiClient) -> Iterator[st
         "replicas=2",
         "--set",
         "peering.enabled=true",
+        # The HTTP API and console (tests/e2e/test_gateway_*.py).
+        "--set",
+        "gateway.enabled=true",
         "--wait",
         "--timeout",
         "5m",
@@ -241,6 +244,21 @@ def minio_forward(operator_release: str, kube_api: client.ApiClient) -> Iterator
     ).items[0]
     with port_forward(operator_release, f"svc/{svc.metadata.name}", 9000, MINIO_LOCAL_PORT) as port:
         yield port
+
+
+@pytest.fixture(scope="session")
+def gateway_url(operator_release: str, kube_api: client.ApiClient) -> Iterator[str]:
+    """Base URL of the chart's gateway, through a port-forward to its Service."""
+    services = (
+        client.CoreV1Api(kube_api)
+        .list_namespaced_service(
+            operator_release, label_selector="app.kubernetes.io/component=gateway"
+        )
+        .items
+    )
+    assert services, "no gateway Service: is gateway.enabled on?"
+    with port_forward(operator_release, f"svc/{services[0].metadata.name}", 8000) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from codingjob_agent.agent.config import AgentConfig, ConfigError
 from codingjob_agent.agent.gateway import Gateway
 from codingjob_agent.agent.loop import Agent
 from codingjob_agent.agent.results import AgentState, write_result
+from codingjob_agent.agent.terminal import Terminal
 from codingjob_agent.agent.tools import Toolbox
 from codingjob_agent.protocol import AgentReason, AgentResult, Outcome
 
@@ -40,7 +41,8 @@ def _report(args: argparse.Namespace) -> int:
 
 def run(config: AgentConfig) -> int:
     """Run the job described by ``config``; return the process exit code."""
-    toolbox = Toolbox(workspace=config.workspace, display=config.display)
+    terminal = Terminal(config.terminal_dir) if config.terminal_dir else None
+    toolbox = Toolbox(workspace=config.workspace, display=config.display, terminal=terminal)
     agent = Agent(
         config=config,
         gateway=Gateway(config.gateway_url, config.step_timeout),

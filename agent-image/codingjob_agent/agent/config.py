@@ -55,6 +55,8 @@ class AgentConfig:
     step_timeout: float = 900.0
     #: Seconds to wait for an unreachable sidecar before giving up.
     gateway_wait: float = 120.0
+    #: Where tool calls are mirrored for the desktop's terminal window; None: no mirror.
+    terminal_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AgentConfig:
@@ -83,6 +85,9 @@ class AgentConfig:
             termination_log=Path(env.get("CODINGJOB_TERMINATION_LOG", "/dev/termination-log")),
             step_timeout=float(_int(env, "CODINGJOB_STEP_TIMEOUT_SECONDS", 900) or 900),
             gateway_wait=float(_int(env, "CODINGJOB_GATEWAY_WAIT_SECONDS", 120)),
+            terminal_dir=Path(env["CODINGJOB_TERMINAL_DIR"])
+            if env.get("CODINGJOB_TERMINAL_DIR", "").strip()
+            else None,
         )
 
     @property

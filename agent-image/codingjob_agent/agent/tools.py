@@ -14,10 +14,12 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from codingjob_agent.agent.terminal import Entry, Terminal
 
 #: Tool results longer than this are cut in the middle; the head and the tail are kept because
 #: that is where commands print what they are doing and how they ended.
@@ -190,10 +192,32 @@ class Toolbox:
     screenshot_dir: Path | None = None
     #: Seconds left before the job's deadline, or None; bash timeouts never exceed it.
     time_left: Callable[[], float | None] = field(default=lambda: None)
+    #: Mirrors every call onto the desktop's terminal window, when there is a desktop.
+    terminal: Terminal | None = None
     _shots: int = 0
+    _entry: Entry | None = None
 
     def run(self, name: str, arguments: str | None) -> ToolOutput:
         """Run tool ``name`` with JSON ``arguments``; every failure becomes an error result."""
+        if self.terminal is None:
+            return self._run(name, arguments)
+        self._entry = self.terminal.begin(name, arguments)
+        try:
+            result = self._run(name, arguments)
+        finally:
+            entry, self._entry = self._entry, None
+        if name != "bash":
+            shown: str | None = result.text
+        elif result.error:
+            # The command's output is in the entry already; add the note the tool appended
+            # (exit code, timeout) or its refusal.
+            shown = result.text.rsplit("\n", 1)[-1]
+        else:
+            shown = None
+        self.terminal.finish(entry, "failed" if result.error else "ok", shown)
+        return result
+
+    def _run(self, name: str, arguments: str | None) -> ToolOutput:
         try:
             args = json.loads(arguments or "{}")
         except json.JSONDecodeError as e:
@@ -266,7 +290,7 @@ class Toolbox:
         if left is not None:
             limit = max(1.0, min(limit, left))
         env = dict(os.environ, DISPLAY=self.display, PAGER="cat", GIT_PAGER="cat", TERM="dumb")
-        with tempfile.TemporaryFile(prefix="codingjob-bash-") as out:
+        with self._bash_output() as out:
             # A new session makes the command a process group we can kill as a whole on timeout,
             # children included; stdin is closed so that a prompt fails instead of hanging.
             proc = subprocess.Popen(
@@ -299,6 +323,22 @@ class Toolbox:
         if proc.returncode != 0:
             return ToolOutput(f"{text}\n[exit code: {proc.returncode}]", error=True)
         return ToolOutput(text if text else "[no output, exit code 0]")
+
+    @contextlib.contextmanager
+    def _bash_output(self) -> Iterator[IO[bytes]]:
+        """Where a command's output goes: the terminal entry (the desktop shows it as it is
+        written), else an anonymous temporary file."""
+        if self._entry is not None:
+            try:
+                mirrored = self._entry.path("out").open("w+b")
+            except OSError:
+                mirrored = None
+            if mirrored is not None:
+                with mirrored:
+                    yield mirrored
+                return
+        with tempfile.TemporaryFile(prefix="codingjob-bash-") as anonymous:
+            yield anonymous
 
     def _tool_view(self, path: str, view_range: list[int] | None = None) -> ToolOutput:
         p = self._path(path)

@@ -129,3 +129,17 @@ releases on one cluster must not pause each other).
 {{- define "codingjob-operator.peeringName" -}}
 {{- .Values.peering.name | default (include "codingjob-operator.fullname" .) }}
 {{- end }}
+
+{{/*
+Name of the gateway's Deployment, Service, ServiceAccount and RBAC objects.
+*/}}
+{{- define "codingjob-operator.gateway.fullname" -}}
+{{- printf "%s-gateway" (include "codingjob-operator.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+Name of the ClusterRole to bind to the gateway's users (`<gateway fullname>-user`).
+*/}}
+{{- define "codingjob-operator.gateway.userRole" -}}
+{{- printf "%s-gateway-user" (include "codingjob-operator.fullname" . | trunc 50 | trimSuffix "-") }}
+{{- end }}
