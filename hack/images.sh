@@ -14,7 +14,7 @@ ensure_dockerd
 # One build at a time (CI starts one early, in the background): whoever waited reuses its layers.
 mkdir -p "$CACHE"
 exec {lock}>"$CACHE/.images.lock"
-flock "$lock"
+flock -n "$lock" || with_heartbeat "waiting for another image build" "a few minutes" flock "$lock"
 "$REPO_ROOT/hack/base-image.sh" >&2
 
 # Behind a TLS-intercepting proxy, apt and pip inside the build must trust the host's extra CAs

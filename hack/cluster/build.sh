@@ -65,7 +65,8 @@ build_into() {
   dir="$BIN_CACHE/$name-$version"
   mkdir -p "$BIN_CACHE"
   exec {lock}>"$BIN_CACHE/.$name.lock"
-  flock "$lock"
+  flock -n "$lock" ||
+    with_heartbeat "waiting for another build of $name" "${USUALLY[$name]:-a few minutes}" flock "$lock"
   if [ ! -d "$dir" ]; then
     tmp="$(mktemp -d "$BIN_CACHE/.$name-$version.XXXXXX")"
     start=$SECONDS
