@@ -20,6 +20,17 @@ JOB=todo-app
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
+if [ -z "${KUBECONFIG:-}" ]; then
+  cat <<'EOF'
+This demo runs a single-node Kubernetes on this machine, as root: it installs Debian packages, runs
+etcd, the control plane, a kubelet with its own containerd, kube-proxy (iptables rules) and dockerd,
+sets net.ipv4.ip_forward=1 and net.bridge.bridge-nf-call-iptables=1 and creates the cni0 bridge.
+Use a throwaway VM. `make cluster-down` removes the cluster; packages and sysctls stay.
+The first run compiles Kubernetes and friends from source (README.md says how long); long steps
+print a line every 30 s.
+EOF
+fi
+
 say "Installing system packages (Debian/Ubuntu)"
 hack/install-deps.sh
 make -s venv
@@ -117,6 +128,7 @@ done
 echo "Download URL: $url"
 echo "Saved to $OUT/workspace.zip; its files:"
 unzip -l "$OUT/workspace.zip"
+echo "make demo took $((SECONDS / 60))m$((SECONDS % 60))s"
 [ "$phase" = Succeeded ]
 
 say "The HTTP API and the web console (codingjob-gateway)"
