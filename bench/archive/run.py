@@ -252,7 +252,11 @@ def main() -> None:
             f"peak RSS {rss / MiB:.1f} MiB (goal < {GOAL_RSS // MiB} MiB)"
         )
         ok = ratio >= GOAL_RATIO and rss < GOAL_RSS
-        print("RESULT:", "goals met" if ok else "GOALS NOT MET")
+        if args.quick:
+            # Process start-up dominates a 16 MiB run: the ratio says nothing about the goals.
+            print("RESULT: quick mode (a smoke test), goals not judged")
+        else:
+            print("RESULT:", "goals met" if ok else "GOALS NOT MET")
     finally:
         server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
