@@ -48,8 +48,9 @@ fmt: venv ## Format the Python code.
 	$(VENV)/bin/ruff check --fix .
 
 .PHONY: crd
-crd: venv ## Regenerate crds/codingjob.yaml from the pydantic models (a unit test checks it).
-	$(PY) -m codingjob_operator.crd > crds/codingjob.yaml
+crd: venv ## Regenerate crds/codingjob.yaml and crds/codingjobclass.yaml from the pydantic models (a unit test checks them).
+	$(PY) -m codingjob_operator.crd codingjob > crds/codingjob.yaml
+	$(PY) -m codingjob_operator.crd codingjobclass > crds/codingjobclass.yaml
 
 ##@ Tests
 
@@ -138,7 +139,7 @@ bench-quick-cluster: venv cluster-up ## The benchmarks that need the cluster, in
 ##@ Chart
 
 .PHONY: chart-sync
-chart-sync: ## Copy crds/codingjob.yaml into the chart's crds/ (one source for the CRD).
+chart-sync: ## Copy crds/codingjob*.yaml into the chart's crds/ (one source for the CRDs).
 	hack/chart-sync.sh
 
 .PHONY: chart-lint

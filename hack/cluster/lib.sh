@@ -20,6 +20,8 @@ SERVICE_CIDR="10.96.0.0/16"
 KUBERNETES_SERVICE_IP="10.96.0.1"
 DNS_SERVICE_IP="10.96.0.10"
 CLUSTER_DOMAIN="cluster.local"
+# The kubelet's per-pod pids bound (tests/integration/test_sandbox_limits.py reads it back).
+POD_PIDS_LIMIT="${CODINGJOB_POD_PIDS_LIMIT:-4096}"
 APISERVER_PORT=6443
 ETCD_CLIENT_URL="http://127.0.0.1:2379"
 CNI_BRIDGE="cni0"

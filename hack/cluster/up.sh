@@ -340,6 +340,9 @@ healthzPort: 10248
 # Keep our own oom_score_adj: lowering it needs CAP_SYS_RESOURCE, which some hosts withhold.
 oomScoreAdj: 0
 serializeImagePulls: false
+# A pids bound on every pod: a fork bomb in a sandbox exhausts its own pod, not the node. A
+# changed value restarts the kubelet on the next up.sh (start() compares this file's content).
+podPidsLimit: $POD_PIDS_LIMIT
 EOF
 start kubelet "$KUBE_BIN/kubelet" --config "$CONF/kubelet.yaml" \
   --kubeconfig "$CONF/kubelet.kubeconfig" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" \

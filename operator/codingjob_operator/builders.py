@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from codingjob_operator import names
-from codingjob_operator.models import CodingJobSpec, EgressMode
+from codingjob_operator.classes import ALWAYS_DENIED_CIDRS, floor_except
+from codingjob_operator.models import CodingJobSpec, EgressMode, ResolvedClass
 
 Manifest = dict[str, Any]
 
@@ -31,9 +32,17 @@ ARCHIVER_COMMAND = "codingjob-archiver"
 ARCHIVER_PERMANENT_EXIT_CODE = 1
 #: Secret-volume mode: owner read only; the kubelet adds group read for the pod's fsGroup.
 SESSION_FILE_MODE = 0o400
-#: Link-local metadata services (cloud instance credentials) are never reachable from a sandbox.
-METADATA_CIDRS_V4 = ["169.254.0.0/16"]
-METADATA_CIDRS_V6 = ["fe80::/10"]
+DEFAULT_WORKSPACE_SIZE = "5Gi"
+
+
+@dataclass(frozen=True)
+class ClusterDNS:
+    """The cluster's DNS pods (and a NodeLocal DNSCache address): the only resolvers a sandbox
+    may ask, since an outside resolver is a tunnel out."""
+
+    namespace: str = "kube-system"
+    pod_labels: Mapping[str, str] = field(default_factory=lambda: {"k8s-app": "kube-dns"})
+    node_local_ip: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,8 @@ def workspace_pvc(job: JobRef, spec: CodingJobSpec) -> Manifest:
     pvc_spec: Manifest = {
         "accessModes": ["ReadWriteOnce"],
         "volumeMode": "Filesystem",
-        "resources": {"requests": {"storage": str(spec.workspace.size)}},
+        # The reconciler passes the class's size; the fallback serves callers without a class.
+        "resources": {"requests": {"storage": str(spec.workspace.size or DEFAULT_WORKSPACE_SIZE)}},
     }
     if spec.workspace.storage_class_name:
         pvc_spec["storageClassName"] = spec.workspace.storage_class_name
@@ -186,9 +196,17 @@ def agent_pod(
     images: Images,
     model: ModelEndpoint,
     log_format: str = "plain",
+    sandbox: ResolvedClass | None = None,
 ) -> Manifest:
-    """The agent pod: the agent container plus the context-manager as a native sidecar."""
+    """The agent pod: the agent container plus the context-manager as a native sidecar.
+
+    ``spec`` is the effective spec (class defaults filled in); ``sandbox`` adds what only the
+    class sets (ServiceAccount, affinity, priority, pull Secrets, the sidecar image).
+    """
     image = spec.image or images.agent
+    # The sidecar holds the model credential: it runs the operator's own image, never one the
+    # author or the class picked for the agent.
+    sidecar_image = sandbox.sidecar_image if sandbox is not None else images.agent
     common_env = [
         _env("CODINGJOB_NAME", job.name),
         _env("CODINGJOB_NAMESPACE", job.namespace),
@@ -242,7 +260,7 @@ def agent_pod(
     sidecar_env += [_env(k, v) for k, v in log_env(job, log_format).items() if k.endswith("FORMAT")]
     sidecar: Manifest = {
         "name": SIDECAR_CONTAINER,
-        "image": image,
+        "image": sidecar_image,
         "imagePullPolicy": images.pull_policy,
         "command": [SIDECAR_COMMAND],
         # Native sidecar: starts before the agent, stops after it, never blocks pod completion.
@@ -258,9 +276,10 @@ def agent_pod(
             {"name": "workspace", "mountPath": WORKSPACE_PATH},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
+        # Bounded like the agent: the sidecar parses model replies the agent can influence.
         "resources": {
-            "requests": {"cpu": "50m", "memory": "128Mi"},
-            "limits": {"memory": "1Gi"},
+            "requests": {"cpu": "50m", "memory": "128Mi", "ephemeral-storage": "64Mi"},
+            "limits": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "1Gi"},
         },
         # The sidecar writes only to /workspace and /tmp; a read-only root keeps it that way.
         "securityContext": {**_container_security(), "readOnlyRootFilesystem": True},
@@ -337,6 +356,14 @@ def agent_pod(
         pod_spec["tolerations"] = [
             t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations
         ]
+    if sandbox is not None:
+        pod_spec["serviceAccountName"] = sandbox.service_account_name
+        if sandbox.affinity:
+            pod_spec["affinity"] = dict(sandbox.affinity)
+        if sandbox.priority_class_name:
+            pod_spec["priorityClassName"] = sandbox.priority_class_name
+        if sandbox.image_pull_secrets:
+            pod_spec["imagePullSecrets"] = [{"name": n} for n in sandbox.image_pull_secrets]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -345,8 +372,22 @@ def agent_pod(
     }
 
 
-def _peer_rules(peer: EgressPeer) -> list[Manifest]:
-    to: list[Manifest] = [{"ipBlock": {"cidr": cidr}} for cidr in peer.cidrs]
+def _ip_blocks(cidrs: Sequence[str], floor: Sequence[str]) -> list[Manifest]:
+    """ipBlock peers for ``cidrs`` with the floor cut out; a range inside the floor is dropped."""
+    blocks: list[Manifest] = []
+    for cidr in cidrs:
+        cut = floor_except(cidr, floor)
+        if cut is None:
+            continue
+        block: Manifest = {"cidr": cidr}
+        if cut:
+            block["except"] = cut
+        blocks.append({"ipBlock": block})
+    return blocks
+
+
+def _peer_rules(peer: EgressPeer, floor: Sequence[str]) -> list[Manifest]:
+    to: list[Manifest] = _ip_blocks(peer.cidrs, floor)
     if peer.namespace is not None and peer.pod_selector is not None:
         to.append(
             {
@@ -365,9 +406,19 @@ def _peer_rules(peer: EgressPeer) -> list[Manifest]:
 
 
 def network_policy(
-    job: JobRef, spec: CodingJobSpec, *, model_peers: Sequence[EgressPeer] = ()
+    job: JobRef,
+    spec: CodingJobSpec,
+    *,
+    model_peers: Sequence[EgressPeer] = (),
+    floor: Sequence[str] = ALWAYS_DENIED_CIDRS,
+    dns: ClusterDNS | None = None,
 ) -> Manifest:
-    """The sandbox's NetworkPolicy: no ingress but the stats port, egress per spec.network."""
+    """The sandbox's NetworkPolicy: no ingress but the stats port, egress per spec.network.
+
+    Every ipBlock has the ``floor`` (metadata, node/pod/service CIDRs, the API server) cut out,
+    so no spec, class or resolved model address can open it.
+    """
+    dns = dns or ClusterDNS()
     ingress = [
         # Only the read-only, secret-free stats listener. Its clients are the API server's pod
         # proxy (`pods/proxy`), whose source address depends on the CNI and control-plane
@@ -377,27 +428,30 @@ def network_policy(
     ]
     egress: list[Manifest]
     if spec.network.egress == EgressMode.OPEN:
-        egress = [
+        egress = [{"to": _ip_blocks(["0.0.0.0/0", "::/0"], floor)}]
+    else:
+        dns_peers: list[Manifest] = [
             {
-                "to": [
-                    {"ipBlock": {"cidr": "0.0.0.0/0", "except": METADATA_CIDRS_V4}},
-                    {"ipBlock": {"cidr": "::/0", "except": METADATA_CIDRS_V6}},
-                ]
+                # DNS to the cluster DNS pods only; an outside resolver would be a tunnel out.
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": dns.namespace}
+                },
+                "podSelector": {"matchLabels": dict(dns.pod_labels)},
             }
         ]
-    else:
+        if dns.node_local_ip:
+            dns_peers.append({"ipBlock": {"cidr": f"{dns.node_local_ip}/32"}})
         egress = [
             {
-                # DNS to resolvers inside the cluster only (any namespace, since where the
-                # cluster DNS runs varies); external resolvers would be a tunnel out.
-                "to": [{"namespaceSelector": {}}],
+                "to": dns_peers,
                 "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
             }
         ]
         for peer in model_peers:
-            egress += _peer_rules(peer)
-        if spec.network.allowed_cidrs:
-            egress.append({"to": [{"ipBlock": {"cidr": c}} for c in spec.network.allowed_cidrs]})
+            egress += _peer_rules(peer, floor)
+        allowed = _ip_blocks(spec.network.allowed_cidrs, floor)
+        if allowed:
+            egress.append({"to": allowed})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

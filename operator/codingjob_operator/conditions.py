@@ -68,6 +68,11 @@ URL_REFRESHED = "URLRefreshed"
 NOT_REQUESTED = "NotRequested"
 WITHIN_BUDGET = "WithinBudget"
 TOKEN_BUDGET_SPENT = "TokenBudgetSpent"
+CLASS_VIOLATION = "ClassViolation"  # the spec leaves its CodingJobClass's bounds
+CLASS_NOT_FOUND = "ClassNotFound"  # spec.className names no class, or no default class
+SECRET_NOT_ALLOWED = "SecretNotAllowed"  # apiKeySecretRef without the owner's consent label
+NAME_CONFLICT = "NameConflict"  # a child's name is taken by an object this job does not own
+STATUS_REJECTED = "StatusRejected"  # the API server refused a status patch
 
 
 @dataclass(frozen=True)

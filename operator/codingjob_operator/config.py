@@ -42,3 +42,11 @@ class OperatorConfig(BaseSettings):
     #: `json`: the operator, the sidecars and the archivers log one JSON object per line.
     log_format: Literal["plain", "json"] = "plain"
     storage: StorageSettings | None = Field(default_factory=_storage_from_env)
+    #: The egress floor beyond link-local and cloud metadata: node, pod and service CIDRs and
+    #: the API server's addresses (JSON list; the chart fills it from its values).
+    denied_cidrs: list[str] = Field(default_factory=list)
+    #: Where the cluster DNS pods run: the only resolvers a sandbox may reach.
+    dns_namespace: str = "kube-system"
+    dns_pod_labels: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"})
+    #: A NodeLocal DNSCache address sandboxes may also query, when the cluster runs one.
+    node_local_dns_ip: str | None = None

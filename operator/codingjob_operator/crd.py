@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from codingjob_operator import models
+from codingjob_operator import classmodels, models
 
 # Kubernetes structural schemas forbid additionalProperties next to properties (unknown fields
 # are pruned by the API server and rejected by kubectl's strict field validation instead).
@@ -46,6 +46,9 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
             if node.get("default", "") is None:
                 node.pop("default")
             return _resolve(node, defs)
+    if isinstance(node.get("default"), dict):
+        # Structural defaults must not carry nulls; an unset field is simply absent.
+        node["default"] = _drop_nulls(node["default"])
     if "const" in node:
         # A one-value Literal; structural schemas have no `const`, an enum says the same.
         node["enum"] = [node.pop("const")]
@@ -61,6 +64,12 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     if out.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
     return _ordered(out)
+
+
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def _ordered(node: dict[str, Any]) -> dict[str, Any]:
@@ -182,19 +191,123 @@ def build_crd() -> dict[str, Any]:
     }
 
 
-HEADER = (
-    "# Generated from operator/codingjob_operator/models.py by "
-    "`python -m codingjob_operator.crd`; do not edit.\n"
-)
+def class_spec_schema() -> dict[str, Any]:
+    """The structural schema of a CodingJobClass's ``.spec``."""
+    schema = _structural(classmodels.CodingJobClassSpec)
+    _default_objects(schema)
+    return schema
 
 
-def render() -> str:
-    """The CRD as the YAML text committed in crds/codingjob.yaml."""
-    return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+def build_class_crd() -> dict[str, Any]:
+    """The CodingJobClass CustomResourceDefinition (cluster-scoped, admin-owned)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{classmodels.CLASS_PLURAL}.{models.GROUP}",
+            "labels": {
+                "app.kubernetes.io/name": "codingjob",
+                "app.kubernetes.io/part-of": "codingjob",
+            },
+        },
+        "spec": {
+            "group": models.GROUP,
+            "scope": "Cluster",
+            "names": {
+                "kind": classmodels.CLASS_KIND,
+                "listKind": f"{classmodels.CLASS_KIND}List",
+                "plural": classmodels.CLASS_PLURAL,
+                "singular": classmodels.CLASS_SINGULAR,
+                "shortNames": list(classmodels.CLASS_SHORT_NAMES),
+            },
+            "versions": [
+                {
+                    "name": models.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "additionalPrinterColumns": [
+                        {
+                            "name": "Default",
+                            "type": "string",
+                            "jsonPath": ".metadata.annotations.codingjob\\.dev/is-default-class",
+                        },
+                        {
+                            "name": "Runtime",
+                            "type": "string",
+                            "jsonPath": ".spec.sandbox.runtimeClassName",
+                        },
+                        {
+                            "name": "Max-CPU",
+                            "type": "string",
+                            "jsonPath": ".spec.resources.cpu.max",
+                        },
+                        {
+                            "name": "Max-Memory",
+                            "type": "string",
+                            "jsonPath": ".spec.resources.memory.max",
+                        },
+                        {
+                            "name": "Max-Deadline",
+                            "type": "integer",
+                            "jsonPath": ".spec.limits.activeDeadlineSeconds.max",
+                        },
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                        {
+                            "name": "Egress",
+                            "type": "string",
+                            "jsonPath": ".spec.network.allowedEgressModes",
+                            "priority": 1,
+                        },
+                        {
+                            "name": "Image",
+                            "type": "string",
+                            "jsonPath": ".spec.sandbox.agentImage",
+                            "priority": 1,
+                        },
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "What a platform admin decides for the CodingJobs "
+                            "of this class: sandbox images and placement, defaults and maxima of "
+                            "resources and budgets, egress and model endpoints.",
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": {**class_spec_schema(), "default": {}},
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def _header(source: str) -> str:
+    return (
+        f"# Generated from operator/codingjob_operator/{source} by "
+        "`python -m codingjob_operator.crd`; do not edit.\n"
+    )
+
+
+HEADER = _header("models.py")
+#: The generated files: crds/<name>.yaml -> (header, builder).
+FILES = {
+    "codingjob": ("models.py", build_crd),
+    "codingjobclass": ("classmodels.py", build_class_crd),
+}
+
+
+def render(name: str = "codingjob") -> str:
+    """A CRD as the YAML text committed in crds/<name>.yaml."""
+    source, build = FILES[name]
+    return _header(source) + yaml.safe_dump(build(), sort_keys=False, width=100)
 
 
 def main() -> None:
-    sys.stdout.write(render())
+    sys.stdout.write(render(sys.argv[1] if len(sys.argv) > 1 else "codingjob"))
 
 
 if __name__ == "__main__":

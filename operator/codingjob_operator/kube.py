@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from codingjob_operator.classmodels import CLASS_PLURAL
 from codingjob_operator.models import GROUP, PLURAL, VERSION
 
 Manifest = dict[str, Any]
@@ -29,6 +30,28 @@ class KubeError(Exception):
 
 class InvalidObject(KubeError):
     """The API server rejected an object as invalid (422): a spec problem, not worth retrying."""
+
+
+class NameConflict(KubeError):
+    """An object with a child's name exists and is not controlled by this CodingJob."""
+
+    def __init__(self, kind: str, namespace: str, name: str) -> None:
+        super().__init__(
+            409,
+            f"{kind} {namespace}/{name} already exists and is not controlled by this CodingJob",
+        )
+        self.kind = kind
+        self.name = name
+
+
+#: The label every child carries; Secrets are only ever listed with it (or the consent label).
+MANAGED_BY_SELECTOR = "app.kubernetes.io/managed-by=codingjob-operator"
+
+
+def controlled_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
+    """``obj`` has a controller ownerReference to the object with ``owner_uid``."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("controller") and r.get("uid") == owner_uid for r in refs)
 
 
 def _wrap(func: Callable[[], T]) -> T:
@@ -81,29 +104,80 @@ class Kube:
             "NetworkPolicy": self.net.patch_namespaced_network_policy,
         }[kind]
 
-    def ensure(self, manifest: Manifest, *, update: bool = False) -> bool:
-        """Create ``manifest``; True when created, False when it already existed (409).
+    def _read_fn(self, kind: str) -> Callable[[str, str], Any]:
+        fns: dict[str, Callable[[str, str], Any]] = {
+            "Pod": self.core.read_namespaced_pod,
+            "Service": self.core.read_namespaced_service,
+            "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
+            "NetworkPolicy": self.net.read_namespaced_network_policy,
+            "Job": self.batch.read_namespaced_job,
+        }
+        return fns[kind]
 
-        With ``update``, an existing object gets the manifest merged in (Service, Secret,
-        NetworkPolicy only: their desired state can change during a job's life).
+    def _existing(self, kind: str, namespace: str, name: str) -> Manifest | None:
+        """The object ``kind/name``, for an ownership check. Secrets are looked up by a list
+        restricted to the operator's managed-by label: the operator never gets a Secret by
+        name, so it cannot be made to read one it did not create (or was not given)."""
+        if kind != "Secret":
+            return self._read(lambda: self._read_fn(kind)(name, namespace))
+        result = _wrap(
+            lambda: self.core.list_namespaced_secret(
+                namespace,
+                label_selector=f"{MANAGED_BY_SELECTOR}",
+                field_selector=f"metadata.name={name}",
+            )
+        )
+        for item in result.items:
+            plain = self._plain(item)
+            # Only what an ownership check needs; the values stay here.
+            plain.pop("data", None)
+            plain.pop("stringData", None)
+            return plain
+        return None
+
+    def ensure(self, manifest: Manifest, *, owner_uid: str, update: bool = False) -> bool:
+        """Create ``manifest``; True when created, False when this owner's object already existed.
+
+        Ownership is by UID, never by name: an existing object that is not controlled by
+        ``owner_uid`` raises :class:`NameConflict` and is left untouched (otherwise anyone who
+        may create a Secret or PVC could have it mounted into, or adopted by, someone's job).
+        With ``update``, an owned object gets the manifest merged in (Service, NetworkPolicy:
+        their desired state can change during a job's life), guarded by its resourceVersion.
         """
-        namespace = manifest["metadata"]["namespace"]
-        create = self._create_fn(manifest["kind"])
+        kind, namespace = manifest["kind"], manifest["metadata"]["namespace"]
+        name = manifest["metadata"]["name"]
+        create = self._create_fn(kind)
         try:
             _wrap(lambda: create(namespace, manifest))
             return True
         except KubeError as error:
             if error.status != 409:
                 raise
+        existing = self._existing(kind, namespace, name)
+        if existing is None:
+            # Deleted between the create and the read: the next pass creates it.
+            raise KubeError(409, f"{kind} {namespace}/{name} is being deleted")
+        if not controlled_by(existing, owner_uid):
+            raise NameConflict(kind, namespace, name)
         if update:
-            patch = self._patch_fn(manifest["kind"])
-            name = manifest["metadata"]["name"]
-            _wrap(lambda: patch(name, namespace, manifest))
+            patch = self._patch_fn(kind)
+            body = {**manifest, "metadata": {**manifest["metadata"]}}
+            # Optimistic concurrency: the patch applies only to the object just checked.
+            body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+            _wrap(lambda: patch(name, namespace, body))
         return False
 
-    def delete(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete an object, its dependents in the background; False when it was already gone."""
-        options = client.V1DeleteOptions(propagation_policy="Background")
+    def delete(self, kind: str, namespace: str, name: str, *, owner_uid: str) -> bool:
+        """Delete a child, its dependents in the background; False when it was already gone or
+        is not this owner's. The delete carries a UID precondition, so an object recreated
+        under the same name by someone else in between is never deleted."""
+        existing = self._existing(kind, namespace, name)
+        if existing is None or not controlled_by(existing, owner_uid):
+            return False
+        options = client.V1DeleteOptions(
+            propagation_policy="Background",
+            preconditions=client.V1Preconditions(uid=existing["metadata"]["uid"]),
+        )
         fn: Callable[..., Any] = {
             "Pod": self.core.delete_namespaced_pod,
             "Secret": self.core.delete_namespaced_secret,
@@ -114,9 +188,52 @@ class Kube:
             _wrap(lambda: fn(name, namespace, body=options))
             return True
         except KubeError as error:
-            if error.status == 404:
+            if error.status in (404, 409):
                 return False
             raise
+
+    def ensure_service_account(self, namespace: str, name: str) -> None:
+        """Create the sandbox ServiceAccount (no token automount) unless it exists. It is shared
+        by the namespace's sandboxes and owned by no job; pods never mount its token, so what
+        it may do in the API never reaches a sandbox."""
+        body: Any = {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "codingjob-operator"},
+            },
+            "automountServiceAccountToken": False,
+        }
+        try:
+            _wrap(lambda: self.core.create_namespaced_service_account(namespace, body))
+        except KubeError as error:
+            if error.status != 409:
+                raise
+
+    def model_credential_secrets(self, namespace: str, label: str) -> dict[str, set[str]]:
+        """``{name: keys}`` of the Secrets in ``namespace`` labelled ``label=true``.
+
+        A label-selected list, not a get by name: the operator can only ever see Secrets
+        whose owners consented to their use as model credentials. Values are dropped here.
+        """
+        result = _wrap(
+            lambda: self.core.list_namespaced_secret(namespace, label_selector=f"{label}=true")
+        )
+        found: dict[str, set[str]] = {}
+        for item in result.items:
+            plain = self._plain(item)
+            found[plain["metadata"]["name"]] = set((plain.get("data") or {}).keys())
+        return found
+
+    def list_codingjob_classes(self) -> list[Manifest]:
+        """Every CodingJobClass (cluster-scoped)."""
+        result: Any = _wrap(
+            lambda: self.custom.list_cluster_custom_object(GROUP, VERSION, CLASS_PLURAL)
+        )
+        items: list[Manifest] = result.get("items") or []
+        return items
 
     def _read(self, fn: Callable[[], Any]) -> Manifest | None:
         try:
@@ -141,13 +258,6 @@ class Kube:
             lambda: self.core.list_namespaced_pod(namespace, label_selector=label_selector)
         )
         return [self._plain(pod) for pod in result.items]
-
-    def secret_keys(self, namespace: str, name: str) -> set[str] | None:
-        """The keys of a Secret, or None when it does not exist (values are not returned)."""
-        secret = self._read(lambda: self.core.read_namespaced_secret(name, namespace))
-        if secret is None:
-            return None
-        return set((secret.get("data") or {}).keys()) | set(secret.get("stringData") or {})
 
     def pod_proxy_get(self, namespace: str, pod: str, port: int, path: str) -> bytes:
         """GET ``path`` on the pod's ``port`` through the API server's pod proxy."""

@@ -64,6 +64,13 @@ Quantity = Annotated[
 ]
 
 
+#: A free-form Kubernetes object (e.g. an Affinity) kept as written.
+FreeForm = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
 class _Model(BaseModel):
     """camelCase on the wire, snake_case in Python, unknown fields rejected."""
 
@@ -169,12 +176,16 @@ class ResourcesSpec(_Model):
 
 
 class WorkspaceSpec(_Model):
-    size: Quantity = Field("5Gi", description="Size of the workspace PersistentVolumeClaim.")
+    size: Quantity | None = Field(
+        None,
+        description="Size of the workspace PersistentVolumeClaim; unset = the class's "
+        "workspace.defaultSize, at most its workspace.maxSize.",
+    )
     storage_class_name: str | None = Field(
         None,
         max_length=253,
         pattern=DNS_SUBDOMAIN_PATTERN,
-        description="StorageClass of the workspace PVC; unset = the cluster default.",
+        description="StorageClass of the workspace PVC; unset = the class's choice.",
     )
 
 
@@ -220,6 +231,13 @@ class CodingJobSpec(_Model):
 
     task: str = Field(
         min_length=1, max_length=TASK_MAX_LENGTH, description="What the agent should do."
+    )
+    class_name: str | None = Field(
+        None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="The CodingJobClass whose bounds and defaults apply; unset = the class "
+        "annotated codingjob.dev/is-default-class.",
     )
     model: ModelSpec = Field(default_factory=ModelSpec, description="The model endpoint.")
     context: ContextSpec = Field(default_factory=ContextSpec, description="Context management.")
@@ -305,6 +323,30 @@ class ArtifactStatus(_Model):
     )
 
 
+class ResolvedClass(_Model):
+    """The class a job runs under, resolved once when the job starts: later edits of the class
+    never change a running job."""
+
+    name: str = Field(description="Name of the CodingJobClass.")
+    generation: int = Field(description="metadata.generation of the class when resolved.")
+    agent_image: str = Field(description="Image of the agent container.")
+    sidecar_image: str = Field(description="Image of the context-manager (the operator's).")
+    service_account_name: str = Field(description="ServiceAccount of the sandbox pod.")
+    runtime_class_name: str | None = Field(None, description="RuntimeClass of the pod.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations.")
+    affinity: FreeForm | None = Field(None, description="Affinity of the pod.")
+    priority_class_name: str | None = Field(None, description="PriorityClass of the pod.")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Pull Secrets.")
+    resources: ResourcesSpec = Field(description="Agent container requests and limits.")
+    workspace_size: Quantity = Field(description="Workspace PVC size.")
+    storage_class_name: str | None = Field(None, description="Workspace StorageClass.")
+    active_deadline_seconds: int | None = Field(None, description="Pod deadline.")
+    max_steps: int | None = Field(None, description="Agent step budget.")
+    max_total_tokens: int | None = Field(None, description="Token budget.")
+    providers: list[str] = Field(default_factory=list, description="Allowed model providers.")
+
+
 class CodingJobStatus(_Model):
     """What the operator observed; derived from the children on every reconcile."""
 
@@ -340,7 +382,15 @@ class CodingJobStatus(_Model):
     summary: str | None = Field(None, description="The agent's summary of its work.")
     pod_failures: int = Field(0, description="Agent pods lost to infrastructure so far.")
     archive_attempts: int = Field(0, description="Archiver Jobs started so far.")
+    cleaned_up: bool | None = Field(
+        None, description="The agent pod, workspace and archiver objects were deleted (once)."
+    )
     artifact: ArtifactStatus | None = None
+    resolved_class: ResolvedClass | None = Field(
+        None,
+        alias="class",
+        description="The CodingJobClass and the values this job runs with.",
+    )
     download_url: str | None = Field(
         None, alias="downloadURL", description="Presigned URL of the workspace ZIP."
     )

@@ -20,13 +20,20 @@ from urllib.parse import urlsplit
 import kopf
 from pydantic import ValidationError
 
-from codingjob_operator import builders, names
+from codingjob_operator import builders, classes, names
 from codingjob_operator import conditions as c
+from codingjob_operator.classmodels import CodingJobClass
 from codingjob_operator.config import OperatorConfig
-from codingjob_operator.kube import InvalidObject, Kube, KubeError
+from codingjob_operator.kube import InvalidObject, Kube, KubeError, NameConflict, controlled_by
 from codingjob_operator.logformat import JOB, job_ref
 from codingjob_operator.metrics import Metrics, PassFacts
-from codingjob_operator.models import API_VERSION, KIND, CodingJobSpec, EgressMode
+from codingjob_operator.models import (
+    API_VERSION,
+    KIND,
+    CodingJobSpec,
+    EgressMode,
+    ResolvedClass,
+)
 from codingjob_operator.status import (
     Action,
     ArchiveReport,
@@ -37,6 +44,7 @@ from codingjob_operator.status import (
     StorageState,
     archive_view,
     derive_status,
+    fail_now,
     parse_archive_message,
     pod_view,
 )
@@ -46,6 +54,7 @@ from codingjob_operator.storage import (
     StorageSettings,
     TransientStorageError,
 )
+from codingjob_operator.untrusted import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +62,21 @@ _SERVICE_HOST = re.compile(r"^([a-z0-9-]+)\.([a-z0-9-]+)\.svc(\.[a-z0-9.-]+)?$")
 #: Refresh a download URL when less than this fraction of its lifetime is left.
 URL_REFRESH_FRACTION = 0.1
 MAX_DELAY = 300.0
+#: Largest /stats body read from the sandbox's sidecar.
+STATS_MAX_BYTES = 64 * 1024
+#: The label a Secret's owner sets to let CodingJobs use it as a model credential.
+MODEL_CREDENTIALS_LABEL = "codingjob.dev/model-credentials"
+#: The class used when no CodingJobClass is annotated as the default: the model's strict
+#: defaults (no author image, Restricted egress, bounded resources, a one-hour deadline).
+BUILTIN_CLASS_NAME = "builtin"
 
 
 class RetryLater(Exception):
     """A condition that resolves by itself (DNS, storage outage); retry with backoff."""
+
+
+class StatusRejected(Exception):
+    """A status patch was refused and the job was marked Failed; this pass stops here."""
 
 
 @dataclass(frozen=True)
@@ -123,15 +143,12 @@ def resolve_model_peers(
 
 def _owner(obj: Mapping[str, Any]) -> kopf.Body:
     meta = obj["metadata"]
+    # No labels: the author's labels must not be copied onto the children (they could make a
+    # child match someone else's Service or NetworkPolicy selector).
     raw = {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "uid": meta["uid"],
-            "labels": dict(meta.get("labels") or {}),
-        },
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
     }
     return kopf.Body(cast(kopf.RawBody, raw))
 
@@ -169,6 +186,16 @@ class Reconciler:
             operator=config.operator_image,
             pull_policy=config.image_pull_policy,
         )
+        self.operator_defaults = classes.OperatorDefaults(
+            agent_image=config.agent_image,
+            default_model_base_url=config.default_model_base_url,
+            denied_cidrs=tuple(config.denied_cidrs),
+        )
+        self.dns = builders.ClusterDNS(
+            namespace=config.dns_namespace,
+            pod_labels=dict(config.dns_pod_labels),
+            node_local_ip=config.node_local_dns_ip,
+        )
 
     # Entry point.
 
@@ -193,13 +220,31 @@ class Reconciler:
                 )
             return PassResult(MAX_DELAY)
         job = builders.JobRef(name=name, namespace=namespace, uid=obj["metadata"]["uid"])
-        obs = self._observe(job, spec, status, obj["metadata"].get("generation"))
+        resolved: ResolvedClass | None = None
+        class_error: tuple[str, str] | None = None
+        if status.get("phase") not in ("Succeeded", "Failed"):
+            resolved, class_error = self._resolve_class(spec, status)
+            if resolved is not None:
+                if not status.get("class"):
+                    # Recorded once: a later edit of the class never changes this job.
+                    recorded = resolved.model_dump(by_alias=True, exclude_none=True, mode="json")
+                    self._patch(namespace, name, {"class": recorded})
+                    status["class"] = recorded
+                spec = classes.effective_spec(spec, resolved)
+        obs = self._observe(job, spec, status, obj["metadata"].get("generation"), class_error)
         decision = derive_status(obs)
         # Storage answers feed a second derivation within the same pass.
         if Action.CHECK_STORAGE in decision.actions or Action.CONFIRM_ARCHIVE in decision.actions:
             obs = replace(obs, storage=self._storage(job, decision, obs))
             decision = derive_status(obs)
-        self._apply(owner, job, spec, obs, decision)
+        try:
+            self._apply(owner, job, spec, obs, decision, resolved)
+        except StatusRejected:
+            return PassResult(MAX_DELAY)
+        except NameConflict as error:
+            # Someone else's object holds a child's name: never mount, patch or adopt it.
+            self._fail(owner, job, obs, c.NAME_CONFLICT, str(error))
+            return PassResult(MAX_DELAY)
         after = {**status, **decision.patch}
         if self.metrics is not None:
             self.metrics.record_pass(self._facts(obj, spec, obs, after))
@@ -232,6 +277,60 @@ class Reconciler:
             model_retries=stats.retries if stats is not None else None,
         )
 
+    def _fail(
+        self,
+        owner: kopf.Body,
+        job: builders.JobRef,
+        obs: Observation,
+        reason: str,
+        message: str,
+    ) -> None:
+        """End the job Failed with ``reason`` (a spec or name problem no retry can fix)."""
+        decision = fail_now(obs, reason, message)
+        self._patch(job.namespace, job.name, decision.patch)
+        for event in decision.events:
+            kopf.event(owner, type=event.type, reason=event.reason, message=event.message)
+
+    def _resolve_class(
+        self, spec: CodingJobSpec, status: Mapping[str, Any]
+    ) -> tuple[ResolvedClass | None, tuple[str, str] | None]:
+        """The recorded class of a started job, else the class resolved now; or why not."""
+        recorded = status.get("class")
+        if recorded:
+            try:
+                return ResolvedClass.model_validate(recorded), None
+            except ValidationError:
+                log.warning("recorded class is unreadable; resolving again")
+        found: list[CodingJobClass] = []
+        for item in self.kube.list_codingjob_classes():
+            try:
+                found.append(CodingJobClass.model_validate(item))
+            except ValidationError as error:
+                item_name = (item.get("metadata") or {}).get("name")
+                if item_name == spec.class_name:
+                    return None, (
+                        c.CLASS_VIOLATION,
+                        f"CodingJobClass {item_name!r} is invalid: {str(error)[:512]}",
+                    )
+        if not spec.class_name and not any(cls.is_default for cls in found):
+            found.append(
+                CodingJobClass.model_validate(
+                    {
+                        "metadata": {
+                            "name": BUILTIN_CLASS_NAME,
+                            "annotations": {"codingjob.dev/is-default-class": "true"},
+                        }
+                    }
+                )
+            )
+        chosen = classes.select_class(found, spec.class_name)
+        if isinstance(chosen, str):
+            return None, (c.CLASS_NOT_FOUND, chosen)
+        result = classes.resolve(spec, chosen, self.operator_defaults)
+        if isinstance(result, list):
+            return None, (c.CLASS_VIOLATION, classes.violation_message(chosen.name, result))
+        return result, None
+
     # Observe.
 
     def _observe(
@@ -240,20 +339,25 @@ class Reconciler:
         spec: CodingJobSpec,
         status: Mapping[str, Any],
         generation: int | None,
+        class_error: tuple[str, str] | None = None,
     ) -> Observation:
         n = job.names
         raw_pod = self.kube.read_pod(job.namespace, n.pod)
+        if raw_pod is not None and not controlled_by(raw_pod, job.uid):
+            # Someone else's pod under the agent's name says nothing about this job; creating
+            # ours will end the job NameConflict.
+            raw_pod = None
         pod = pod_view(raw_pod) if raw_pod is not None else None
         phase = status.get("phase")
         archive = None
         if phase == "Archiving":
             raw_job = self.kube.read_job(job.namespace, n.archive_job)
-            if raw_job is not None:
+            if raw_job is not None and controlled_by(raw_job, job.uid):
                 pods = self.kube.list_pods(job.namespace, names.selector(job.name, "archiver"))
                 archive = archive_view(raw_job, pods)
         semantic = None
         if pod is None and phase not in ("Archiving", "Succeeded", "Failed") and not spec.suspend:
-            semantic = self._semantic_error(job, spec)
+            semantic = class_error or self._semantic_error(job, spec)
         stats = None
         if pod is not None and pod.agent is not None and pod.agent.running:
             stats = self._stats(job)
@@ -283,11 +387,16 @@ class Reconciler:
             )
         ref = spec.model.api_key_secret_ref
         if ref is not None:
-            keys = self.kube.secret_keys(job.namespace, ref.name)
+            # Consent, not reachability: only Secrets their owner labelled for model use are
+            # seen at all (a label-selected list), so a job author cannot send a Secret they
+            # may not read to an endpoint of their choosing.
+            consented = self.kube.model_credential_secrets(job.namespace, MODEL_CREDENTIALS_LABEL)
+            keys = consented.get(ref.name)
             if keys is None:
-                return c.SECRET_NOT_FOUND, (
-                    f"Secret {ref.name!r} (spec.model.apiKeySecretRef) not found in namespace "
-                    f"{job.namespace!r}"
+                return c.SECRET_NOT_ALLOWED, (
+                    f"Secret {ref.name!r} (spec.model.apiKeySecretRef) does not exist in "
+                    f"namespace {job.namespace!r} or lacks the label "
+                    f'{MODEL_CREDENTIALS_LABEL}: "true"'
                 )
             if ref.key not in keys:
                 return c.SECRET_KEY_NOT_FOUND, (
@@ -300,6 +409,9 @@ class Reconciler:
             body = self.kube.pod_proxy_get(
                 job.namespace, job.names.pod, builders.STATS_PORT, "/stats"
             )
+            if len(body) > STATS_MAX_BYTES:
+                # The sidecar's answer is small; a large one is not the sidecar's.
+                raise ValueError(f"/stats answered {len(body)} bytes")
             return StatsMessage.model_validate_json(body)
         except (KubeError, ValidationError, ValueError) as error:
             # Progress is best effort: a sidecar that is still starting must not fail the job.
@@ -365,8 +477,26 @@ class Reconciler:
     # Act.
 
     def _patch(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        if patch:
+        if not patch:
+            return
+        try:
             self.kube.patch_codingjob_status(namespace, name, dict(patch))
+        except InvalidObject as error:
+            # The API server refused the status (a value its schema rejects, e.g. one that came
+            # from the sandbox): retrying the same patch would loop forever, so the job ends
+            # Failed with the reason instead. This patch holds only operator-made values.
+            log.error("status of %s/%s refused: %s", namespace, name, error)
+            self.kube.patch_codingjob_status(
+                namespace,
+                name,
+                {
+                    "phase": "Failed",
+                    "reason": c.STATUS_REJECTED,
+                    "message": clean_text(f"the API server refused a status update: {error}"),
+                    "completionTime": c.format_time(self.clock()),
+                },
+            )
+            raise StatusRejected(str(error)) from error
 
     def _apply(
         self,
@@ -375,33 +505,47 @@ class Reconciler:
         spec: CodingJobSpec,
         obs: Observation,
         decision: Decision,
+        resolved: ResolvedClass | None = None,
     ) -> None:
         self._patch(job.namespace, job.name, decision.patch)
         for event in decision.events:
             kopf.event(owner, type=event.type, reason=event.reason, message=event.message)
+        ns, uid = job.namespace, job.uid
         for action in decision.actions:
             if action == Action.ENSURE_CHILDREN:
-                self._ensure_children(owner, job, spec, obs)
+                self._ensure_children(owner, job, spec, obs, resolved)
             elif action == Action.DELETE_POD:
-                self.kube.delete("Pod", job.namespace, job.names.pod)
+                self.kube.delete("Pod", ns, job.names.pod, owner_uid=uid)
             elif action == Action.START_ARCHIVE:
                 self._start_archive(owner, job)
             elif action == Action.DELETE_ARCHIVE_JOB:
-                self.kube.delete("Job", job.namespace, job.names.archive_job)
+                self.kube.delete("Job", ns, job.names.archive_job, owner_uid=uid)
             elif action == Action.CLEANUP:
                 # Only now, with the archive confirmed in storage, may the workspace go.
-                self.kube.delete("Pod", job.namespace, job.names.pod)
-                self.kube.delete("Job", job.namespace, job.names.archive_job)
-                self.kube.delete("Secret", job.namespace, job.names.archive_secret)
-                self.kube.delete("PersistentVolumeClaim", job.namespace, job.names.workspace)
+                self.kube.delete("Pod", ns, job.names.pod, owner_uid=uid)
+                self.kube.delete("Job", ns, job.names.archive_job, owner_uid=uid)
+                self.kube.delete("Secret", ns, job.names.archive_secret, owner_uid=uid)
+                self.kube.delete("PersistentVolumeClaim", ns, job.names.workspace, owner_uid=uid)
+                self._patch(ns, job.name, {"cleanedUp": True})
 
     def _adopt(self, owner: kopf.Body, manifest: dict[str, Any]) -> dict[str, Any]:
-        # Owner references make the garbage collector remove every child with the CodingJob.
-        kopf.adopt(manifest, owner=owner)
+        # Owner references make the garbage collector remove every child with the CodingJob;
+        # only the reference: kopf.adopt would also copy the job's labels onto the child.
+        kopf.append_owner_reference(manifest, owner=owner)
         return manifest
 
+    def _ensure(self, owner: kopf.Body, manifest: dict[str, Any], *, update: bool = False) -> bool:
+        return self.kube.ensure(
+            self._adopt(owner, manifest), owner_uid=owner.metadata.uid or "", update=update
+        )
+
     def _ensure_children(
-        self, owner: kopf.Body, job: builders.JobRef, spec: CodingJobSpec, obs: Observation
+        self,
+        owner: kopf.Body,
+        job: builders.JobRef,
+        spec: CodingJobSpec,
+        obs: Observation,
+        resolved: ResolvedClass | None = None,
     ) -> None:
         model = builders.ModelEndpoint(
             base_url=spec.model.base_url or self.config.default_model_base_url or "",
@@ -427,18 +571,27 @@ class Reconciler:
         session = builders.session_secret(
             job, vnc_password=secrets.token_urlsafe(6)[:8], jupyter_token=secrets.token_hex(24)
         )
-        self.kube.ensure(self._adopt(owner, session))
-        self.kube.ensure(self._adopt(owner, builders.workspace_pvc(job, spec)))
+        self._ensure(owner, session)
+        self._ensure(owner, builders.workspace_pvc(job, spec))
         service = builders.desktop_service(job, spec)
         if service is not None:
-            self.kube.ensure(self._adopt(owner, service), update=True)
-        policy = builders.network_policy(job, spec, model_peers=peers)
-        self.kube.ensure(self._adopt(owner, policy), update=True)
+            self._ensure(owner, service, update=True)
+        policy = builders.network_policy(
+            job, spec, model_peers=peers, floor=self.operator_defaults.floor, dns=self.dns
+        )
+        self._ensure(owner, policy, update=True)
+        if resolved is not None:
+            self.kube.ensure_service_account(job.namespace, resolved.service_account_name)
         pod = builders.agent_pod(
-            job, spec, images=self.images, model=model, log_format=self.config.log_format
+            job,
+            spec,
+            images=self.images,
+            model=model,
+            log_format=self.config.log_format,
+            sandbox=resolved,
         )
         try:
-            created = self.kube.ensure(self._adopt(owner, pod))
+            created = self._ensure(owner, pod)
         except InvalidObject as error:
             # The API server refused the pod (e.g. an image reference it cannot parse): a spec
             # problem that retrying cannot fix.
@@ -460,15 +613,13 @@ class Reconciler:
     def _start_archive(self, owner: kopf.Body, job: builders.JobRef) -> None:
         assert self.store is not None
         secret = builders.archive_secret(job, storage_env(self.store.settings))
-        self.kube.ensure(self._adopt(owner, secret), update=True)
+        self._ensure(owner, secret, update=True)
         target = builders.ArchiveTarget(
             key=names.archive_key(job.namespace, job.name, job.uid),
             transcript_key=names.transcript_key(job.namespace, job.name, job.uid),
             extra_env=builders.log_env(job, self.config.log_format),
         )
-        self.kube.ensure(
-            self._adopt(owner, builders.archive_job(job, images=self.images, target=target))
-        )
+        self._ensure(owner, builders.archive_job(job, images=self.images, target=target))
 
     # Timers: URL refresh, TTL, and when to come back.
 

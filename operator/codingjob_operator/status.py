@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from codingjob_operator import conditions as c
 from codingjob_operator.conditions import ConditionUpdate, Phase
 from codingjob_operator.models import CodingJobSpec
+from codingjob_operator.untrusted import MESSAGE_MAX, bounded_int, clean_text, known_reason
 
 #: Pod status reasons that mean the pod was lost to infrastructure, not ended by the agent.
 INFRASTRUCTURE_REASONS = frozenset(
@@ -51,7 +52,6 @@ CONFIG_ERROR_REASONS = frozenset(
 START_ERROR = "StartError"
 #: A sidecar that crashed this often will not come up; the job fails instead of waiting forever.
 SIDECAR_MAX_RESTARTS = 3
-MESSAGE_MAX = 1024
 
 
 class AgentResultMessage(BaseModel):
@@ -229,8 +229,9 @@ class AgentOutcome:
 
 
 def _short(text: str | None) -> str:
-    text = (text or "").strip()
-    return text if len(text) <= MESSAGE_MAX else text[: MESSAGE_MAX - 3] + "..."
+    # Every message that reaches the status or an event passes here; most come from the
+    # sandbox (termination message, logs, stats), so they are made inert, not just shortened.
+    return clean_text(text, MESSAGE_MAX)
 
 
 def parse_agent_result(message: str | None) -> AgentResultMessage | None:
@@ -273,13 +274,15 @@ def agent_outcome(pod: PodView) -> AgentOutcome | None:
     result = parse_agent_result(agent.message)
     if result is not None:
         succeeded = agent.exit_code == 0 and result.outcome == "Succeeded"
+        # The reason is an enum the agent picks from; anything else is the agent's error.
+        reason = known_reason(result.reason)
         return AgentOutcome(
             succeeded=succeeded,
-            reason=result.reason if (succeeded or result.reason != c.COMPLETED) else c.AGENT_ERROR,
+            reason=reason if (succeeded or reason != c.COMPLETED) else c.AGENT_ERROR,
             message=_short(result.message),
             summary=_short(result.summary),
-            steps=result.steps,
-            tokens=result.tokens,
+            steps=bounded_int(result.steps),
+            tokens=bounded_int(result.tokens),
         )
     if agent.exit_code == 0:
         return AgentOutcome(succeeded=True, reason=c.COMPLETED, message="")
@@ -287,7 +290,7 @@ def agent_outcome(pod: PodView) -> AgentOutcome | None:
     if agent.reason and agent.reason != "Error":
         detail += f" ({agent.reason})"
     if agent.message:
-        detail += f": {agent.message.strip()[-MESSAGE_MAX // 2 :]}"
+        detail += f": {clean_text(agent.message[-MESSAGE_MAX * 4 :], MESSAGE_MAX // 2)}"
     return AgentOutcome(succeeded=False, reason=c.AGENT_ERROR, message=_short(detail))
 
 
@@ -403,6 +406,14 @@ def derive_status(obs: Observation) -> Decision:
     return b.result()
 
 
+def fail_now(obs: Observation, reason: str, message: str) -> Decision:
+    """The decision that ends the job Failed with ``reason`` whatever phase it is in (a name
+    conflict or a refused status patch: problems no retry fixes)."""
+    b = _Builder(obs)
+    _fail_semantic(b, reason, _short(message))
+    return b.result()
+
+
 def _finished(b: _Builder) -> None:
     # Terminal: only finish what a crash may have interrupted, and give jobs finished by an
     # older operator (Complete=True either way) their Succeeded/Failed condition.
@@ -412,7 +423,8 @@ def _finished(b: _Builder) -> None:
         b.terminal_conditions(b.phase == Phase.SUCCEEDED, reason, b.obs.status.get("message") or "")
     if b.obs.pod is not None:
         b.act(Action.DELETE_POD)
-    if b.obs.status.get("artifact"):
+    # Once per job: the reconciler records cleanedUp after the deletes went through.
+    if b.obs.status.get("artifact") and not b.obs.status.get("cleanedUp"):
         b.act(Action.CLEANUP)
 
 
@@ -548,9 +560,16 @@ def _active(b: _Builder) -> None:
 
 def _apply_stats(b: _Builder, stats: StatsMessage) -> None:
     t = stats.tokens
-    b.set(steps=stats.steps, tokens={"used": t.used, "limit": t.limit, "pruned": t.pruned})
+    b.set(
+        steps=bounded_int(stats.steps),
+        tokens={
+            "used": bounded_int(t.used),
+            "limit": bounded_int(t.limit),
+            "pruned": bounded_int(t.pruned),
+        },
+    )
     if stats.budget_exceeded:
-        b.condition(c.BUDGET_EXCEEDED, True, c.TOKEN_BUDGET_SPENT, stats.last_error or "")
+        b.condition(c.BUDGET_EXCEEDED, True, c.TOKEN_BUDGET_SPENT, _short(stats.last_error))
     elif c.find_condition(b.conditions, c.BUDGET_EXCEEDED) is not None:
         b.condition(c.BUDGET_EXCEEDED, False, c.WITHIN_BUDGET)
 

@@ -267,7 +267,10 @@ def jobs(operator_release: str, namespace: str, kube_api: client.ApiClient) -> J
     core.create_namespaced_secret(
         namespace,
         client.V1Secret(
-            metadata=client.V1ObjectMeta(name="llm-credentials"),
+            # The owner's consent: only labelled Secrets may be a job's model credential.
+            metadata=client.V1ObjectMeta(
+                name="llm-credentials", labels={"codingjob.dev/model-credentials": "true"}
+            ),
             string_data={"api-key": f"sk-scripted-{uuid.uuid4().hex}"},
         ),
     )

@@ -344,10 +344,10 @@ def test_missing_secret_fails_with_reason(jobs: Jobs, operator_restarts: Callabl
     manifest["spec"]["model"]["apiKeySecretRef"] = {"name": "does-not-exist", "key": "api-key"}
     jobs.apply(manifest)
     done = jobs.wait_phase("no-secret", {"Failed"}, timeout=120)
-    assert done["reason"] == "SecretNotFound", done
+    assert done["reason"] == "SecretNotAllowed", done
     assert done["message"] == (
-        f"Secret 'does-not-exist' (spec.model.apiKeySecretRef) not found in namespace "
-        f"{jobs.namespace!r}"
+        f"Secret 'does-not-exist' (spec.model.apiKeySecretRef) does not exist in namespace "
+        f'{jobs.namespace!r} or lacks the label codingjob.dev/model-credentials: "true"'
     )
     assert not any(jobs.children("no-secret").values()), "no child without its Secret"
     assert operator_restarts() == before, "bad input must never crash the operator"
@@ -423,6 +423,8 @@ def test_samples_as_a_user_applies_them(jobs: Jobs) -> None:
     runs: Suspended with nothing created."""
     samples = sorted(SAMPLES.glob("*.yaml"))
     assert len(samples) >= 5
+    # The classes the samples name, as a platform admin installs them (cluster-scoped).
+    jobs.kubectl("apply", "-f", str(SAMPLES / "classes"))
     for path in samples:
         result = jobs.kubectl(
             "apply", "--dry-run=server", "-n", jobs.namespace, "-f", str(path), check=False

@@ -43,11 +43,35 @@ ARCHIVE_TIMEOUT = 240
 OPERATOR_IMAGE = os.environ.get("OPERATOR_IMAGE", "codingjob/operator:dev")
 
 
+#: Test classes: pods pinned nowhere (they stay Pending), and any image (the failure path).
+TEST_CLASSES = {
+    "it-nowhere": {"sandbox": {"nodeSelector": NOWHERE}},
+    "it-any-image": {"sandbox": {"imagePatterns": [".*"]}},
+}
+
+
 @pytest.fixture(scope="session")
-def crd(kubeconfig: str) -> None:
-    """The CodingJob CRD, applied from the committed file."""
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds/codingjob.yaml"))
+def crd(kubeconfig: str, kube_api: client.ApiClient) -> None:
+    """The CodingJob and CodingJobClass CRDs, applied from the committed files, and the test
+    classes."""
+    for name in ("codingjob", "codingjobclass"):
+        kubectl(
+            "apply", "--server-side", "--force-conflicts", "-f", str(REPO / f"crds/{name}.yaml")
+        )
     kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/codingjobs.codingjob.dev")
+    kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/codingjobclasses.codingjob.dev"
+    )
+    api = client.CustomObjectsApi(kube_api)
+    for name, spec in TEST_CLASSES.items():
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "CodingJobClass",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+        with contextlib.suppress(client.ApiException):
+            api.create_cluster_custom_object(GROUP, VERSION, "codingjobclasses", body)
 
 
 @contextlib.contextmanager
@@ -193,7 +217,7 @@ def test_children_are_created_with_owner_references_and_a_stable_secret(
     namespace: str,
 ) -> None:
     body = api.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, codingjob("todo", nodeSelector=NOWHERE)
+        GROUP, VERSION, namespace, PLURAL, codingjob("todo", className="it-nowhere")
     )
     uid = body["metadata"]["uid"]
     n = names.child_names("todo")
@@ -242,7 +266,7 @@ def test_suspend_deletes_the_pod_and_keeps_the_workspace_then_resume_recreates_i
 ) -> None:
     n = names.child_names("pausable")
     api.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, codingjob("pausable", nodeSelector=NOWHERE)
+        GROUP, VERSION, namespace, PLURAL, codingjob("pausable", className="it-nowhere")
     )
     first = wait_exists(core.list_namespaced_pod, namespace, n.pod)
 
@@ -283,7 +307,7 @@ def test_deleting_the_codingjob_removes_its_children(
 ) -> None:
     n = names.child_names("doomed")
     api.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, codingjob("doomed", nodeSelector=NOWHERE)
+        GROUP, VERSION, namespace, PLURAL, codingjob("doomed", className="it-nowhere")
     )
     wait_exists(core.list_namespaced_pod, namespace, n.pod)
     api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "doomed")
@@ -303,13 +327,13 @@ def test_missing_api_key_secret_fails_with_a_reason_naming_it(
         GROUP, VERSION, namespace, PLURAL, codingjob("keyless", **spec)
     )
     obj = wait_cj(api, namespace, "keyless", phase("Failed"))
-    assert obj["status"]["reason"] == "SecretNotFound"
+    assert obj["status"]["reason"] == "SecretNotAllowed"
     assert "no-such-secret" in obj["status"]["message"]
     assert obj["status"].get("completionTime")
     pods = core.list_namespaced_pod(namespace, label_selector=f"{names.JOB_LABEL}=keyless")
     assert pods.items == []
     events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=keyless")
-    assert any(e.reason == "SecretNotFound" and e.type == "Warning" for e in events.items)
+    assert any(e.reason == "SecretNotAllowed" and e.type == "Warning" for e in events.items)
 
 
 def test_missing_key_in_existing_secret_fails(
@@ -317,7 +341,12 @@ def test_missing_key_in_existing_secret_fails(
 ) -> None:
     core.create_namespaced_secret(
         namespace,
-        client.V1Secret(metadata=client.V1ObjectMeta(name="llm"), string_data={"other": "x"}),
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name="llm", labels={"codingjob.dev/model-credentials": "true"}
+            ),
+            string_data={"other": "x"},
+        ),
     )
     spec = {"model": {"apiKeySecretRef": {"name": "llm", "key": "api-key"}}}
     api.create_namespaced_custom_object(
@@ -332,7 +361,11 @@ def test_image_without_the_sidecar_command_fails_without_retrying(
     operator: KopfRunner, api: Any, core: client.CoreV1Api, namespace: str
 ) -> None:
     api.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, codingjob("broken", image=BASE_IMAGE)
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        codingjob("broken", image=BASE_IMAGE, className="it-any-image"),
     )
     obj = wait_cj(api, namespace, "broken", phase("Failed"))
     assert obj["status"]["reason"] in ("CreateContainerFailed", "SidecarFailed"), obj["status"]
@@ -405,7 +438,7 @@ def test_finished_agent_is_archived_to_object_storage_then_cleaned_up(
     n = names.child_names("zipme")
     with running_operator(namespace, monkeypatch, env):
         body = api.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, codingjob("zipme", nodeSelector=NOWHERE)
+            GROUP, VERSION, namespace, PLURAL, codingjob("zipme", className="it-nowhere")
         )
         wait_exists(core.list_namespaced_pod, namespace, n.pod)
         result = protocol.AgentResult(

@@ -143,3 +143,80 @@ Name of the ClusterRole to bind to the gateway's users (`<gateway fullname>-user
 {{- define "codingjob-operator.gateway.userRole" -}}
 {{- printf "%s-gateway-user" (include "codingjob-operator.fullname" . | trunc 50 | trimSuffix "-") }}
 {{- end }}
+
+{{/*
+"true" when watchNamespaces lists plain names only: the operator then gets a Role in each of those
+namespaces and cluster-wide rights only for cluster-scoped resources. Globs (`team-*`) or an empty
+list mean namespaces not known at install time, which only a ClusterRole can cover.
+*/}}
+{{- define "codingjob-operator.rbac.namespaced" -}}
+{{- if .Values.watchNamespaces -}}
+{{- $plain := true -}}
+{{- range .Values.watchNamespaces -}}
+{{- if regexMatch "[*?!]" . -}}{{- $plain = false -}}{{- end -}}
+{{- end -}}
+{{- if $plain -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The operator's rules on namespaced resources, one per purpose (README: Permissions).
+*/}}
+{{- define "codingjob-operator.rbac.namespacedRules" }}
+  # CodingJobs: watch them, keep kopf's finalizer and progress annotations, delete expired ones.
+  - apiGroups: [codingjob.dev]
+    resources: [codingjobs]
+    verbs: [get, list, watch, patch, update, delete]
+  # CodingJob status: phase, conditions, steps, tokens, download URL.
+  - apiGroups: [codingjob.dev]
+    resources: [codingjobs/status]
+    verbs: [get, patch, update]
+  # Children carry an ownerReference with blockOwnerDeletion to their CodingJob, which needs
+  # update on the owner's finalizers (OwnerReferencesPermissionEnforcement).
+  - apiGroups: [codingjob.dev]
+    resources: [codingjobs/finalizers]
+    verbs: [update]
+  # The agent pod: create it, watch its phase and container exits, delete it when done.
+  - apiGroups: [""]
+    resources: [pods]
+    verbs: [get, list, watch, create, delete]
+  # Read the context-manager sidecar's /stats (steps, tokens) through the API server's proxy.
+  - apiGroups: [""]
+    resources: [pods/proxy]
+    verbs: [get]
+  # The desktop Service (noVNC) of each job.
+  - apiGroups: [""]
+    resources: [services]
+    verbs: [get, create, patch]
+  # The workspace PVC of each job; deleted once the workspace is archived.
+  - apiGroups: [""]
+    resources: [persistentvolumeclaims]
+    verbs: [get, create, delete]
+  # The per-job session Secret (VNC password, Jupyter token) and the archiver's storage
+  # credentials Secret. No `get`: the operator lists Secrets only with a label selector (its own
+  # managed-by label, or the owner's codingjob.dev/model-credentials consent), so it is never
+  # made to read a Secret by a name a job author chose.
+  - apiGroups: [""]
+    resources: [secrets]
+    verbs: [list, create, patch, delete]
+  # The sandbox ServiceAccount a class names, created (without token automount) when missing.
+  - apiGroups: [""]
+    resources: [serviceaccounts]
+    verbs: [create]
+  # The sandbox NetworkPolicy of each job.
+  - apiGroups: [networking.k8s.io]
+    resources: [networkpolicies]
+    verbs: [get, create, patch]
+  # The archiver Job that zips a finished workspace into object storage.
+  - apiGroups: [batch]
+    resources: [jobs]
+    verbs: [get, list, watch, create, delete]
+  # Events on CodingJobs (kopf posts handler progress and warnings), core API.
+  - apiGroups: [""]
+    resources: [events]
+    verbs: [create, patch]
+  # The same events through the events.k8s.io API, which newer clients use.
+  - apiGroups: [events.k8s.io]
+    resources: [events]
+    verbs: [create, patch]
+{{- end -}}

@@ -4,6 +4,7 @@ operator's settings, the bundled MinIO or an external store, the scripted model,
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from tests.unit.chart.chartlib import (
     CHART,
     CI_VALUES,
     NAMESPACE,
+    REPO,
     Helm,
     Manifest,
     find,
@@ -114,7 +116,10 @@ EXPECTED_RULES = {
     ("", "pods/proxy"): {"get"},
     ("", "services"): {"get", "create", "patch"},
     ("", "persistentvolumeclaims"): {"get", "create", "delete"},
-    ("", "secrets"): {"get", "create", "patch", "delete"},
+    # No get: Secrets are only listed with a label selector (managed-by, or the owner's consent).
+    ("", "secrets"): {"list", "create", "patch", "delete"},
+    ("", "serviceaccounts"): {"create"},
+    ("codingjob.dev", "codingjobclasses"): {"get", "list", "watch"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
     ("", "events"): {"create", "patch"},
@@ -145,7 +150,12 @@ def test_peering_adds_only_the_peering_rule(helm: Helm) -> None:
 
 
 def test_every_rbac_rule_is_commented_with_its_purpose() -> None:
-    lines = (CHART / "templates" / "clusterrole.yaml").read_text().splitlines()
+    # The cluster-scoped rules in clusterrole.yaml, the namespaced ones in a helper that both
+    # the ClusterRole and the per-namespace Roles include.
+    lines = [
+        *(CHART / "templates" / "clusterrole.yaml").read_text().splitlines(),
+        *(CHART / "templates" / "_helpers.tpl").read_text().splitlines(),
+    ]
     rules = [i for i, line in enumerate(lines) if line.strip().startswith("- apiGroups:")]
     assert len(rules) == len(EXPECTED_RULES) + len(PEERING_RULE)
     for i in rules:
@@ -191,6 +201,9 @@ def test_operator_settings_with_the_bundled_minio(helm: Helm) -> None:
         "CODINGJOB_STORAGE_BUCKET": "codingjob-artifacts",
         "CODINGJOB_STORAGE_CREATE_BUCKET": "true",
         "CODINGJOB_STORAGE_RETENTION": "Retain",
+        "CODINGJOB_DENIED_CIDRS": "[]",
+        "CODINGJOB_DNS_NAMESPACE": "kube-system",
+        "CODINGJOB_DNS_POD_LABELS": '{"k8s-app":"kube-dns"}',
     }
     operator = pod_specs(manifests)["codingjob"]["containers"][0]
     env = env_of(operator)
@@ -453,3 +466,149 @@ def test_notes_with_external_storage(helm: Helm, tmp_path: Path) -> None:
     assert "signed for https://s3.example.com" in notes
     assert "port-forward svc/codingjob-minio" not in notes
     assert "It handles CodingJobs in: team-a." in notes
+
+
+# --- The default CodingJobClass and the egress floor ----------------------------------------
+
+
+def test_default_class_is_installed_and_annotated(helm: Helm) -> None:
+    cls = find(helm.render(), "CodingJobClass")
+    assert cls["metadata"]["name"] == "standard"
+    assert cls["metadata"]["annotations"]["codingjob.dev/is-default-class"] == "true"
+    from codingjob_operator.classmodels import CodingJobClass
+
+    # The operator reads it as the model's strict defaults.
+    assert CodingJobClass.model_validate(cls).spec.limits.active_deadline_seconds.max == 86400
+
+
+def test_default_class_takes_its_spec_from_values(helm: Helm) -> None:
+    cls = find(
+        helm.render(sets=["defaultClass.spec.sandbox.runtimeClassName=gvisor"]), "CodingJobClass"
+    )
+    assert cls["spec"] == {"sandbox": {"runtimeClassName": "gvisor"}}
+    assert not any(
+        m["kind"] == "CodingJobClass" for m in helm.render(sets=["defaultClass.create=false"])
+    )
+
+
+def test_egress_floor_reaches_the_operator(helm: Helm) -> None:
+    config = find(
+        helm.render(
+            sets=[
+                "sandboxNetwork.deniedCIDRs={10.96.0.0/12,10.244.0.0/16}",
+                "sandboxNetwork.dns.nodeLocalIP=169.254.20.10",
+            ]
+        ),
+        "ConfigMap",
+    )["data"]
+    assert json.loads(config["CODINGJOB_DENIED_CIDRS"]) == ["10.96.0.0/12", "10.244.0.0/16"]
+    assert json.loads(config["CODINGJOB_DNS_POD_LABELS"]) == {"k8s-app": "kube-dns"}
+    assert config["CODINGJOB_NODE_LOCAL_DNS_IP"] == "169.254.20.10"
+
+
+# --- Admission ------------------------------------------------------------------------------
+
+
+def test_admission_policy_checks_the_class_with_the_operators_floor(helm: Helm) -> None:
+    from codingjob_operator.classes import ALWAYS_DENIED_CIDRS
+
+    manifests = helm.render(sets=["sandboxNetwork.deniedCIDRs={10.96.0.0/12}"])
+    policy = find(manifests, "ValidatingAdmissionPolicy")
+    binding = find(manifests, "ValidatingAdmissionPolicyBinding")
+    assert policy["spec"]["paramKind"] == {
+        "apiVersion": "codingjob.dev/v1alpha1",
+        "kind": "CodingJobClass",
+    }
+    # An expression error leaves the check to the operator (which applies the same rules).
+    assert policy["spec"]["failurePolicy"] == "Ignore"
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    # Every class is a param; the policy's own-class variable picks the job's.
+    assert binding["spec"]["paramRef"] == {"selector": {}, "parameterNotFoundAction": "Allow"}
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert json.loads(variables["floor"]) == [*ALWAYS_DENIED_CIDRS, "10.96.0.0/12"]
+    # Each refusal names its field: every field the resolution checks has a message.
+    text = json.dumps(policy)
+    for field in (
+        "spec.image",
+        "spec.runtimeClassName",
+        "spec.nodeSelector.",
+        "spec.tolerations[",
+        "spec.resources.limits.",
+        "spec.resources.requests.",
+        "spec.workspace.size",
+        "spec.workspace.storageClassName",
+        "spec.limits.activeDeadlineSeconds",
+        "spec.limits.maxSteps",
+        "spec.limits.maxTotalTokens",
+        "spec.network.egress",
+        "spec.network.allowedCIDRs[",
+        "spec.model.baseURL",
+    ):
+        assert field in text, field
+
+
+def test_admission_policy_allows_the_operators_default_endpoint(helm: Helm) -> None:
+    policy = find(helm.render(sets=["scriptedModel.enabled=true"]), "ValidatingAdmissionPolicy")
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert json.loads(variables["endpoints"]) == [f"http://scripted-model.{NAMESPACE}.svc:8000/v1"]
+    assert not any(
+        m["kind"].startswith("ValidatingAdmissionPolicy")
+        for m in helm.render(sets=["admission.enabled=false"])
+    )
+
+
+#: The rules that stay cluster-wide when the operator watches plain namespaces.
+CLUSTER_SCOPED = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("codingjob.dev", "codingjobclasses"),
+}
+
+
+def test_watched_namespaces_get_roles_and_the_cluster_role_keeps_cluster_scope(
+    helm: Helm,
+) -> None:
+    manifests = helm.render(sets=["watchNamespaces={team-a,team-b}"])
+    cluster = rules_of(manifests)
+    assert set(cluster) == CLUSTER_SCOPED
+    roles = [m for m in manifests if m["kind"] == "Role" and "model" not in m["metadata"]["name"]]
+    bindings = [
+        m for m in manifests if m["kind"] == "RoleBinding" and "model" not in m["metadata"]["name"]
+    ]
+    model = find(manifests, "Role", "codingjob-model-services")
+    assert model["metadata"]["namespace"] == NAMESPACE
+    assert model["rules"] == [{"apiGroups": [""], "resources": ["services"], "verbs": ["get"]}]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for role in roles:
+        rules = {
+            (g, r): set(rule["verbs"])
+            for rule in role["rules"]
+            for g in rule["apiGroups"]
+            for r in rule["resources"]
+        }
+        expected = {
+            k: v
+            for k, v in EXPECTED_RULES.items()
+            if k not in CLUSTER_SCOPED and k != ("", "namespaces")
+        }
+        assert rules == expected
+        assert "get" not in rules[("", "secrets")]
+
+
+def test_globs_in_watch_namespaces_keep_the_cluster_role(helm: Helm) -> None:
+    manifests = helm.render(sets=["watchNamespaces={t-*}"])
+    assert rules_of(manifests) == EXPECTED_RULES
+    assert not any(m["kind"] == "Role" for m in manifests)
+
+
+def test_readme_permissions_table_is_the_charts_rules(helm: Helm) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("#### Permissions") : readme.index("## CodingJobClass reference")]
+    documented: dict[tuple[str, str], set[str]] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            group = cells[0].strip("`").replace('""', "")
+            documented[(group, cells[1].strip("`"))] = {v.strip() for v in cells[2].split(",")}
+    assert documented == {**EXPECTED_RULES, **PEERING_RULE}

@@ -65,15 +65,16 @@ def test_schema_rejects_bad_values(helm: Helm, sets: list[str], where: str) -> N
     assert where in error
 
 
-def test_chart_crd_is_the_projects_crd() -> None:
-    # One source: `make chart-sync` copies crds/codingjob.yaml into the chart.
-    chart_copy = CHART / "crds" / "codingjob.yaml"
-    assert chart_copy.read_bytes() == (REPO / "crds" / "codingjob.yaml").read_bytes(), (
-        "charts/codingjob-operator/crds/codingjob.yaml is stale: run `make chart-sync`"
+@pytest.mark.parametrize("name", ["codingjob.yaml", "codingjobclass.yaml"])
+def test_chart_crd_is_the_projects_crd(name: str) -> None:
+    # One source: `make chart-sync` copies crds/codingjob*.yaml into the chart.
+    chart_copy = CHART / "crds" / name
+    assert chart_copy.read_bytes() == (REPO / "crds" / name).read_bytes(), (
+        f"charts/codingjob-operator/crds/{name} is stale: run `make chart-sync`"
     )
 
 
-def test_chart_crds_are_only_the_codingjob_and_peering_crds() -> None:
+def test_chart_crds_are_only_the_codingjob_class_and_peering_crds() -> None:
     names = set()
     for path in sorted((CHART / "crds").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
@@ -81,6 +82,7 @@ def test_chart_crds_are_only_the_codingjob_and_peering_crds() -> None:
             names.add(doc["metadata"]["name"])
     assert names == {
         "codingjobs.codingjob.dev",
+        "codingjobclasses.codingjob.dev",
         "clusterkopfpeerings.kopf.dev",
         "kopfpeerings.kopf.dev",
     }

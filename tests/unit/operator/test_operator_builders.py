@@ -13,8 +13,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from codingjob_operator import builders
-from codingjob_operator.models import CodingJobSpec
+from codingjob_operator import builders, classes
+from codingjob_operator.classmodels import CodingJobClass
+from codingjob_operator.models import CodingJobSpec, ResolvedClass
 
 GOLDEN = Path(__file__).parent / "golden"
 KUBERNETES_VERSION = "1.34.0"
@@ -86,7 +87,73 @@ def agent_children(s: CodingJobSpec, peers: tuple[builders.EgressPeer, ...]) -> 
     ]
 
 
+GVISOR_CLASS = CodingJobClass.model_validate(
+    {
+        "metadata": {"name": "gvisor", "generation": 3},
+        "spec": {
+            "sandbox": {
+                "agentImage": "registry.example.com/codingjob/agent:0.1.0",
+                "runtimeClassName": "gvisor",
+                "nodeSelector": {"codingjob.dev/sandbox": "true"},
+                "tolerations": [
+                    {"key": "codingjob.dev/sandbox", "operator": "Exists", "effect": "NoSchedule"}
+                ],
+                "affinity": {
+                    "podAntiAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {
+                                "weight": 100,
+                                "podAffinityTerm": {
+                                    "topologyKey": "kubernetes.io/hostname",
+                                    "labelSelector": {
+                                        "matchLabels": {"app.kubernetes.io/name": "codingjob-agent"}
+                                    },
+                                },
+                            }
+                        ]
+                    }
+                },
+                "priorityClassName": "sandbox-low",
+                "imagePullSecrets": ["registry-creds"],
+                "serviceAccountName": "sandbox",
+            },
+            "network": {
+                "allowedEgressModes": ["Restricted", "Open"],
+                "allowedCIDRs": ["0.0.0.0/1", "128.0.0.0/1"],
+            },
+        },
+    }
+)
+#: A cluster's floor: node, pod and service CIDRs and the API server, as the chart passes them.
+CLUSTER_FLOOR = (*classes.ALWAYS_DENIED_CIDRS, "10.0.0.0/16", "10.244.0.0/16", "10.96.0.0/12")
+
+
+def classed(s: CodingJobSpec, peers: tuple[builders.EgressPeer, ...]) -> list[Any]:
+    resolved = classes.resolve(
+        s, GVISOR_CLASS, classes.OperatorDefaults(agent_image="codingjob/agent:dev")
+    )
+    assert isinstance(resolved, ResolvedClass), resolved
+    effective = classes.effective_spec(s, resolved)
+    return [
+        builders.workspace_pvc(JOB, effective),
+        builders.network_policy(
+            JOB,
+            effective,
+            model_peers=peers,
+            floor=CLUSTER_FLOOR,
+            dns=builders.ClusterDNS(node_local_ip="169.254.20.10"),
+        ),
+        builders.agent_pod(JOB, effective, images=IMAGES, model=MODEL, sandbox=resolved),
+    ]
+
+
 CASES: dict[str, list[Any]] = {
+    # The class decides placement, identity and bounds; the spec's CIDR and the resolved
+    # model addresses get the cluster floor cut out (10.96.12.34 lies inside it: dropped).
+    "classed": classed(
+        spec(network={"allowedCIDRs": ["140.82.112.0/20"]}), (SERVICE_PEER, IP_PEER)
+    ),
+    "classed-open": classed(spec(network={"egress": "Open"}), ()),
     "defaults": agent_children(spec(), (SERVICE_PEER,)),
     "full": agent_children(spec(**FULL), (IP_PEER,)),
     "sandboxed": agent_children(spec(**SANDBOXED), ()),

@@ -254,3 +254,35 @@ def test_conditions_are_a_list_map_keyed_by_type() -> None:
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
     # A list-map key must be required in the items (or the API server refuses the CRD).
     assert "type" in conditions["items"]["required"]
+
+
+def test_reference_documents_every_class_field() -> None:
+    reference = (REPO / "README.md").read_text()
+    section = reference[reference.index("## CodingJobClass reference") :]
+    missing = [p for p in _field_paths(crd.class_spec_schema()) if f"`{p}`" not in section]
+    assert missing == [], f"the README's CodingJobClass reference lacks {missing}"
+
+
+def test_committed_class_crd_is_generated_from_the_models() -> None:
+    path = REPO / "crds" / "codingjobclass.yaml"
+    assert path.read_text() == crd.render("codingjobclass"), (
+        "crds/codingjobclass.yaml is stale: make crd"
+    )
+    loaded = yaml.safe_load(path.read_text())
+    kubernetes_validate.validate(loaded, "1.34.0", strict=True)
+    assert loaded["spec"]["scope"] == "Cluster"
+    columns = [c["name"] for c in loaded["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert columns[:2] == ["Default", "Runtime"]
+
+
+def test_class_schema_defaults_equal_model_defaults() -> None:
+    from codingjob_operator.classmodels import CodingJobClassSpec
+
+    loaded = yaml.safe_load((REPO / "crds" / "codingjobclass.yaml").read_text())
+    spec_schema = loaded["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    defaulted = apply_defaults(spec_schema, {})
+    # What the API server stores is what the operator would assume: admission and reconcile
+    # read the same numbers.
+    assert CodingJobClassSpec.model_validate(defaulted) == CodingJobClassSpec()
+    assert defaulted["resources"]["cpu"]["max"] == "4"
+    assert defaulted["limits"]["activeDeadlineSeconds"] == {"default": 3600, "max": 86400}

@@ -48,6 +48,23 @@ CHILD = names.child_names(NAME)
 MODEL = {"baseURL": "http://model.models.svc:8000/v1", "name": "scripted"}
 STATS_INTERVAL = 5.0
 DAY = 86400
+#: The default class of these tests: wide enough for every path below (the class rules have
+#: their own tests); the table in test_operator_classes.py covers the refusals.
+PERMISSIVE_CLASS = {
+    "apiVersion": "codingjob.dev/v1alpha1",
+    "kind": "CodingJobClass",
+    "metadata": {
+        "name": "permissive",
+        "generation": 1,
+        "annotations": {"codingjob.dev/is-default-class": "true"},
+    },
+    "spec": {
+        "sandbox": {"imagePatterns": [".*"]},
+        "limits": {"activeDeadlineSeconds": {"max": DAY}, "allowNoDeadline": True},
+        "network": {"allowedEgressModes": ["Restricted", "Open"], "allowedCIDRs": ["0.0.0.0/0"]},
+        "model": {"baseURLPrefixes": [MODEL["baseURL"], "http://m/v1"]},
+    },
+}
 
 
 @dataclass
@@ -107,6 +124,7 @@ def make(monkeypatch: pytest.MonkeyPatch) -> Make:
         settings = OperatorConfig(
             **{"stats_interval_seconds": STATS_INTERVAL, "storage": None, **(config or {})}
         )
+        kube.classes = [PERMISSIVE_CLASS]
         world = World(clock, kube, store, Reconciler(kube, settings, store, clock=clock))  # type: ignore[arg-type]
 
         def event(_owner: Any, *, type: str, reason: str, message: str) -> None:
@@ -219,9 +237,14 @@ def test_a_new_job_gets_its_children_and_pending(make: Make) -> None:
         ("Service", CHILD.service),
         ("NetworkPolicy", CHILD.network_policy),
         ("Pod", CHILD.pod),
+        # The class's sandbox identity, shared by the namespace's jobs and owned by none.
+        ("ServiceAccount", "codingjob-sandbox"),
     }
     # Every child is owned by the CodingJob, so deleting it removes them.
-    for kind, name in w.kube.kinds(NS) - {("CodingJob", NAME)}:
+    for kind, name in w.kube.kinds(NS) - {
+        ("CodingJob", NAME),
+        ("ServiceAccount", "codingjob-sandbox"),
+    }:
         refs = w.kube.objects[(kind, NS, name)]["metadata"]["ownerReferences"]
         assert [(r["kind"], r["name"], r["uid"]) for r in refs] == [("CodingJob", NAME, w.uid)]
     assert w.events == [("Normal", c.CREATED, "creating the agent pod")]
@@ -271,16 +294,25 @@ def test_model_not_configured_fails_without_a_pod(
     assert w.events[-1][:2] == ("Warning", c.MODEL_NOT_CONFIGURED)
 
 
+CONSENT = {"codingjob.dev/model-credentials": "true"}
+
+
 @pytest.mark.parametrize(
     ("secret", "reason"),
-    [(None, c.SECRET_NOT_FOUND), ({"other": "eA=="}, c.SECRET_KEY_NOT_FOUND)],
+    [(None, c.SECRET_NOT_ALLOWED), ({"other": "eA=="}, c.SECRET_KEY_NOT_FOUND)],
 )
 def test_a_missing_api_key_secret_fails_without_a_pod(
     make: Make, secret: dict[str, str] | None, reason: str
 ) -> None:
     w = make({"task": "t", "model": {**MODEL, "apiKeySecretRef": {"name": "llm", "key": "k"}}})
     if secret is not None:
-        w.kube.put({"kind": "Secret", "metadata": {"name": "llm", "namespace": NS}, "data": secret})
+        w.kube.put(
+            {
+                "kind": "Secret",
+                "metadata": {"name": "llm", "namespace": NS, "labels": CONSENT},
+                "data": secret,
+            }
+        )
     w.run()
     assert (w.status["phase"], w.status["reason"]) == ("Failed", reason)
     assert "'llm'" in w.status["message"]
@@ -290,7 +322,11 @@ def test_a_missing_api_key_secret_fails_without_a_pod(
 def test_an_api_key_secret_that_exists_is_referenced_not_copied(make: Make) -> None:
     w = make({"task": "t", "model": {**MODEL, "apiKeySecretRef": {"name": "llm", "key": "k"}}})
     w.kube.put(
-        {"kind": "Secret", "metadata": {"name": "llm", "namespace": NS}, "data": {"k": "c2s="}}
+        {
+            "kind": "Secret",
+            "metadata": {"name": "llm", "namespace": NS, "labels": CONSENT},
+            "data": {"k": "c2s="},
+        }
     )
     w.run()
     assert w.status["phase"] == "Pending"
