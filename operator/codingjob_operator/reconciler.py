@@ -156,7 +156,9 @@ def _owner(obj: Mapping[str, Any]) -> kopf.Body:
 def job_class(obj: Mapping[str, Any]) -> str:
     """The CodingJobClass a job runs in, for metric labels ("" when it names none)."""
     spec = obj.get("spec") or {}
-    value = spec.get("className") or spec.get("class") or ""
+    # The resolved class (the default one included) once the job started, else the spec's.
+    resolved = ((obj.get("status") or {}).get("class") or {}).get("name")
+    value = resolved or spec.get("className") or ""
     return str(value)
 
 

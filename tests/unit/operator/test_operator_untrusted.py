@@ -170,7 +170,10 @@ def test_a_status_the_api_server_refuses_fails_the_job(make: Make, monkeypatch: 
     w.run()
     assert (w.status["phase"], w.status["reason"]) == ("Failed", c.STATUS_REJECTED)
     assert "status.podName" in w.status["message"]
-    # Finished: later passes neither retry the refused patch nor fail it again.
+    # Finished: later passes never retry the refused patch and settle (no patch at all).
+    w.run()
     patches = len(w.kube.calls_of("patch_status"))
     w.run()
     assert len(w.kube.calls_of("patch_status")) == patches
+    assert (w.status["phase"], w.status["reason"]) == ("Failed", c.STATUS_REJECTED)
+    assert "podName" not in w.status
