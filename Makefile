@@ -69,6 +69,10 @@ test-integration: venv cluster-up images ## Integration tests on the local clust
 e2e: venv cluster-up images ## End-to-end: the chart on the cluster, a CodingJob from apply to ZIP.
 	$(PYTEST) tests/e2e
 
+.PHONY: mutation
+mutation: venv ## Mutation score of the pure modules (mutmut; slow, not part of CI). MUTATION_MODULES="names ..." to pick.
+	hack/mutation.sh
+
 ##@ Cluster
 
 .PHONY: cluster-up
