@@ -240,13 +240,29 @@ def test_a_new_job_gets_its_children_and_pending(make: Make) -> None:
         # The class's sandbox identity, shared by the namespace's jobs and owned by none.
         ("ServiceAccount", "codingjob-sandbox"),
     }
-    # Every child is owned by the CodingJob, so deleting it removes them.
+    # Every child is owned by the CodingJob, so deleting it removes them, and carries the
+    # README's labels.
+    components = {
+        "Secret": "session",
+        "PersistentVolumeClaim": "workspace",
+        "Service": "desktop",
+        "NetworkPolicy": "sandbox",
+        "Pod": "agent",
+    }
     for kind, name in w.kube.kinds(NS) - {
         ("CodingJob", NAME),
         ("ServiceAccount", "codingjob-sandbox"),
     }:
-        refs = w.kube.objects[(kind, NS, name)]["metadata"]["ownerReferences"]
+        meta = w.kube.objects[(kind, NS, name)]["metadata"]
+        refs = meta["ownerReferences"]
         assert [(r["kind"], r["name"], r["uid"]) for r in refs] == [("CodingJob", NAME, w.uid)]
+        assert meta["labels"] == {
+            "app.kubernetes.io/name": "codingjob-agent",
+            "app.kubernetes.io/instance": NAME,
+            "app.kubernetes.io/managed-by": "codingjob-operator",
+            "app.kubernetes.io/component": components[kind],
+            "codingjob.dev/job": NAME,
+        }
     assert w.events == [("Normal", c.CREATED, "creating the agent pod")]
 
 
