@@ -39,10 +39,11 @@ SAMPLES = REPO / "crds" / "samples"
 POD_DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
 
 
-def no_operator_errors(jobs: Jobs, kube_api: client.ApiClient) -> None:
-    """No Warning/Error Event from kopf's log poster in the namespace, no traceback in the log."""
+def no_operator_errors(jobs: Jobs, kube_api: client.ApiClient, since: float) -> None:
+    """No Warning/Error Event from kopf's log poster in the test's namespace, and no traceback
+    in the operator's log since ``since`` (a time.monotonic() value)."""
     errors = operator_errors(jobs.core.list_namespaced_event(jobs.namespace).items)
-    logs = operator_logs(kube_api, since_seconds=600)
+    logs = operator_logs(kube_api, since_seconds=int(time.monotonic() - since) + 5)
     errors += [line for line in logs.splitlines() if line.startswith("Traceback")]
     assert errors == [], "\n".join(errors)
 
@@ -130,6 +131,7 @@ def test_happy_path(jobs: Jobs, minio_forward: int, kube_api: client.ApiClient) 
     progress, a sandbox that keeps its promises on the live objects → desktop and Jupyter
     reachable → Succeeded → the ZIP downloads; no operator error on the way."""
     name = "hello"  # crds/samples/minimal.yaml: only a task, the rest from the product
+    started = time.monotonic()
     batch = client.BatchV1Api(kube_api)
     # Watched from here on: the archiver Job lives only while archiving.
     jobs_rv = batch.list_namespaced_job(jobs.namespace).metadata.resource_version
@@ -215,7 +217,7 @@ def test_happy_path(jobs: Jobs, minio_forward: int, kube_api: client.ApiClient) 
     wide = jobs.kubectl("get", "cjob", name, "-n", jobs.namespace, "-o", "wide").stdout
     assert "URL" in wide.splitlines()[0]
     assert done["downloadURL"] in wide
-    no_operator_errors(jobs, kube_api)
+    no_operator_errors(jobs, kube_api, started)
 
 
 def test_agent_failure_is_archived(jobs: Jobs, minio_forward: int) -> None:
@@ -294,7 +296,7 @@ def test_delete_while_running(jobs: Jobs, kube_api: client.ApiClient) -> None:
     jobs.kubectl("delete", "cjob", name, "-n", jobs.namespace, "--wait=false")
     wait_for("all children gone", lambda: not any(jobs.children(name).values()), 30, interval=0.5)
     assert time.monotonic() - started <= 30
-    no_operator_errors(jobs, kube_api)
+    no_operator_errors(jobs, kube_api, started)
 
 
 # Each is rejected by the API server's schema validation with a message naming the field.
