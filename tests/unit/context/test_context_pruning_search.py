@@ -132,3 +132,40 @@ def test_the_plan_reaches_the_budget_whenever_pruning_can(
     assert window[-(len(messages) - protected) :] == messages[protected:] or protected == len(
         messages
     )
+
+
+def long_turns(turns: int) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "task"},
+    ]
+    for n in range(turns):
+        call = {"id": f"c{n}", "type": "function", "function": {"name": "bash", "arguments": "{}"}}
+        messages.append({"role": "assistant", "content": f"turn {n}", "tool_calls": [call]})
+        messages.append({"role": "tool", "tool_call_id": f"c{n}", "content": "output " * 200})
+    return messages
+
+
+def test_masking_stops_exactly_at_the_target() -> None:
+    conv = build(long_turns(4))
+    first = next(i for i in range(2, len(conv.messages)) if conv.maskable(i))
+    target = conv.window_tokens - (conv.tokens[first] - conv.placeholder(first)[1])
+    plan = plan_prune(
+        conv, budget=target, target=target, strategy=Strategy.MASK_OBSERVATIONS, keep_turns=1
+    )
+    assert plan is not None
+    assert (plan.mask, plan.start, plan.tokens) == ([first], 2, target)
+
+
+def test_summary_room_defaults_to_nothing() -> None:
+    conv = build(long_turns(4))
+    plan = plan_prune(
+        conv,
+        budget=conv.window_tokens - 1,
+        target=conv.window_tokens - 1,
+        strategy=Strategy.SUMMARIZE,
+        keep_turns=1,
+    )
+    assert plan is not None and plan.summarize
+    conv.apply({"op": "drop", "start": plan.start, "summary": None})
+    assert plan.tokens == conv.window_tokens
