@@ -241,8 +241,9 @@ def test_deadline(jobs: Jobs, minio_forward: int) -> None:
         jobs.manifest(
             name,
             "ignore-deadline",
-            # The soft deadline (15 s) would end a live agent first; a frozen one cannot react.
-            limits={"activeDeadlineSeconds": 45},
+            # The soft deadline (30 s after the agent starts) would end a live agent first; the
+            # scenario freezes it within seconds, so it cannot react.
+            limits={"activeDeadlineSeconds": 60},
             gui={"enabled": False},
             jupyter={"enabled": False},
         )
