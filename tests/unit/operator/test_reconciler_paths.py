@@ -450,6 +450,9 @@ def test_suspend_deletes_the_pod_and_keeps_the_workspace_then_resume_recreates_i
     assert w.run() == MAX_DELAY
     assert w.status["phase"] == "Suspended"
     assert w.condition(c.SUSPENDED) == ("True", c.SUSPENDED_BY_USER)
+    assert {x["type"]: x["reason"] for x in w.status["conditions"]}["Suspended"] == (
+        "SuspendedByUser"
+    )
     assert w.kube.get("Pod", NS, CHILD.pod) is None
     assert ("delete", "PersistentVolumeClaim", NS, CHILD.workspace) not in w.kube.calls
     assert w.run() == MAX_DELAY and w.kube.get("Pod", NS, CHILD.pod) is None
@@ -545,6 +548,9 @@ def test_confirmed_archive_succeeds_with_a_url_and_frees_the_workspace(make: Mak
     assert w.status["downloadURL"] == artifact["url"]
     assert artifact["urlExpiresAt"] == c.format_time(w.clock.now + datetime.timedelta(days=1))
     assert w.condition(c.ARCHIVED) == ("True", c.ARCHIVE_CONFIRMED)
+    # The condition types users wait for (`kubectl wait --for=condition=...`), by their names.
+    types = {x["type"]: x["status"] for x in w.status["conditions"]}
+    assert (types["Ready"], types["Archived"]) == ("False", "True")
     assert (w.status["outcome"], w.status["reason"]) == ("Succeeded", c.COMPLETED)
     assert w.status["completionTime"] == c.format_time(w.clock.now)
     for kind, name in [
