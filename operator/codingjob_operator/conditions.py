@@ -34,6 +34,7 @@ FAILED = "Failed"
 COMPLETE = "Complete"
 ARCHIVED = "Archived"  # the workspace ZIP is confirmed in object storage
 BUDGET_EXCEEDED = "BudgetExceeded"  # the sidecar refused a step: token budget spent
+MODEL_DEGRADED = "ModelDegraded"  # model calls keep failing transiently; the sidecar retries
 
 # Reasons (CamelCase, as Kubernetes wants them).
 CREATED = "Created"
@@ -68,6 +69,8 @@ URL_REFRESHED = "URLRefreshed"
 NOT_REQUESTED = "NotRequested"
 WITHIN_BUDGET = "WithinBudget"
 TOKEN_BUDGET_SPENT = "TokenBudgetSpent"
+PROVIDER_UNAVAILABLE = "ProviderUnavailable"
+PROVIDER_AVAILABLE = "ProviderAvailable"
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,10 @@ class StatsMessage(BaseModel):
         limit: int = 0
         used: int = 0
         pruned: int = 0
+        prompt: int = 0
+        completion: int = 0
+        cached: int = 0
+        cost_usd: float = Field(0.0, alias="costUSD")
 
     tokens: Tokens = Field(default_factory=Tokens)
     steps: int = 0
@@ -169,6 +173,7 @@ class StatsMessage(BaseModel):
     #: Model calls that failed, and that were retried, so far (metrics only).
     errors: int = 0
     retries: int = 0
+    model_degraded: str | None = Field(None, alias="modelDegraded")
 
 
 @dataclass(frozen=True)
@@ -548,7 +553,17 @@ def _active(b: _Builder) -> None:
 
 def _apply_stats(b: _Builder, stats: StatsMessage) -> None:
     t = stats.tokens
-    b.set(steps=stats.steps, tokens={"used": t.used, "limit": t.limit, "pruned": t.pruned})
+    tokens: dict[str, Any] = {"used": t.used, "limit": t.limit, "pruned": t.pruned}
+    if t.prompt or t.completion:
+        # Counted by the model relay, which enforces the budgets on these numbers.
+        tokens.update(
+            prompt=t.prompt, completion=t.completion, cached=t.cached, costUSD=round(t.cost_usd, 6)
+        )
+    b.set(steps=stats.steps, tokens=tokens)
+    if stats.model_degraded:
+        b.condition(c.MODEL_DEGRADED, True, c.PROVIDER_UNAVAILABLE, _short(stats.model_degraded))
+    elif c.find_condition(b.conditions, c.MODEL_DEGRADED) is not None:
+        b.condition(c.MODEL_DEGRADED, False, c.PROVIDER_AVAILABLE)
     if stats.budget_exceeded:
         b.condition(c.BUDGET_EXCEEDED, True, c.TOKEN_BUDGET_SPENT, stats.last_error or "")
     elif c.find_condition(b.conditions, c.BUDGET_EXCEEDED) is not None:
