@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
+import openai
+import pytest
 import yaml
 from codingjob_relay.config import RelayConfig
 
+from tests.fixtures.relay import ModelRelay
+from tests.fixtures.scripted_model import ScriptedModel
 from tests.unit.chart.chartlib import CHART, Helm, find
 from tests.unit.chart.test_chart_manifests import env_of, operator_config, pod_specs
+
+REPO = CHART.parent.parent
+_spec = importlib.util.spec_from_file_location("demo_job", REPO / "hack" / "demo_job.py")
+assert _spec is not None and _spec.loader is not None
+demo_job = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo_job)
 
 RELAY = "codingjob-model-relay"
 VALUES = CHART / "ci" / "relay-values.yaml"
@@ -86,3 +98,60 @@ def test_scripted_model_is_the_default_provider_without_providers(helm: Helm) ->
         {"name": "scripted", "baseURL": "http://scripted-model.codingjob-system.svc:8000/v1"}
     ]
     assert operator_config(manifests)["CODINGJOB_RELAY_DEFAULT_PROVIDER"] == "scripted"
+
+
+def _demo_relay_config(helm: Helm, tmp_path: Path, base_url: str) -> list[dict[str, object]]:
+    """The relay providers `make demo` configures for LLM_BASE_URL (hack/demo_job.py values,
+    rendered by the chart), with the key file where the provider Secret would be mounted."""
+    values = tmp_path / "demo-values.yaml"
+    values.write_text(
+        yaml.safe_dump(demo_job.relay_values(base_url, "llm-provider"), sort_keys=False)
+    )
+    manifests = helm.render([values])
+    providers: list[dict[str, object]] = yaml.safe_load(
+        find(manifests, "ConfigMap", RELAY)["data"]["relay.yaml"]
+    )["providers"]
+    key_file = Path(str(providers[0]["apiKeyFile"]))
+    assert key_file.name == "api-key" and key_file.parent.name == "llm"
+    return providers
+
+
+def test_demo_with_a_real_provider_uses_the_key_through_the_relay(
+    helm: Helm,
+    tmp_path: Path,
+    scripted_model: Callable[..., ScriptedModel],
+    model_relay: Callable[..., ModelRelay],
+) -> None:
+    """`LLM_* make demo` against an endpoint that requires its key: 401 without, done with."""
+    provider = scripted_model("todo-app", api_key="sk-demo-provider-key")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=provider.base_url, api_key="wrong", max_retries=0).models.list()
+    sample = yaml.safe_load((REPO / "crds" / "samples" / "todo-app.yaml").read_text())
+    job = demo_job.job(sample, "codingjob-demo", demo_job.PROVIDER, provider.model)
+    assert "baseURL" not in job["spec"]["model"] and "apiKeySecretRef" not in job["spec"]["model"]
+    results = {}
+    for key in ("sk-wrong", "sk-demo-provider-key"):
+        providers = _demo_relay_config(helm, tmp_path, provider.base_url)
+        key_file = tmp_path / f"key-{len(results)}"
+        key_file.write_text(key + "\n")  # what the mounted Secret holds
+        providers[0]["apiKeyFile"] = str(key_file)
+        relay = model_relay(providers)
+        client = openai.OpenAI(
+            base_url=relay.base_url,
+            api_key=relay.credential(job["spec"]["model"]["provider"]),
+            max_retries=0,
+        )
+        try:
+            answer = client.chat.completions.create(
+                model=job["spec"]["model"]["name"],
+                messages=[
+                    {"role": "system", "content": "You are a coding agent."},
+                    {"role": "user", "content": job["spec"]["task"]},
+                ],
+                tools=[{"type": "function", "function": {"name": "bash", "parameters": {}}}],
+            )
+            results[key] = answer.choices[0].message.tool_calls[0].function.name  # type: ignore[index, union-attr]
+        except openai.APIStatusError as error:
+            results[key] = error.code
+        assert key not in relay.server.log()
+    assert results == {"sk-wrong": "provider_auth_failed", "sk-demo-provider-key": "bash"}
