@@ -116,6 +116,10 @@ bench-gateway: venv cluster-up ## 200 clients: status reads and SSE fan-out thro
 bench-archive: venv ## 1 GiB / 20,000-file workspace: archiver streaming to MinIO vs `zip -r` + upload; ratio, peak memory.
 	nice $(PY) bench/archive/run.py $(BENCH_ARGS)
 
+.PHONY: bench-relay
+bench-relay: venv ## Model relay vs the scripted model directly: p50/p99 at 1 and 50 streams, overhead, relay RSS.
+	nice $(PY) bench/relay/bench_relay.py $(BENCH_ARGS)
+
 .PHONY: bench-context
 bench-context: venv ## Sidecar at 1M tokens: 1 KiB append vs full re-count, prune time, resident memory.
 	nice $(PY) bench/context/bench_context.py $(BENCH_ARGS)
