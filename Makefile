@@ -97,7 +97,7 @@ tools: ## Build (once; then cached) Kubernetes, etcd, CoreDNS, pause, helm, MinI
 # (bench-quick), so a benchmark that breaks fails CI. Add a new bench target to BENCH_LOCAL when it
 # needs no cluster, to BENCH_CLUSTER when it does (a unit test checks that every one is listed).
 BENCH_ARGS ?=
-BENCH_LOCAL := bench-agent bench-context bench-archive
+BENCH_LOCAL := bench-agent bench-context bench-archive bench-relay
 BENCH_CLUSTER := bench-operator bench-gateway
 
 .PHONY: bench-agent
