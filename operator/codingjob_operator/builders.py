@@ -22,6 +22,8 @@ STATS_PORT = 8081
 VNC_PORT = 5900
 NOVNC_PORT = 6080
 JUPYTER_PORT = 8888
+#: Seconds the agent waits for a step beyond the sidecar's outage retries (one model call).
+STEP_TIMEOUT_MARGIN = 900
 AGENT_CONTAINER = "agent"
 SIDECAR_CONTAINER = "context-manager"
 ARCHIVER_CONTAINER = "archiver"
@@ -219,6 +221,12 @@ def agent_pod(
         _env("DISPLAY", ":1"),
         _env("HOME", WORKSPACE_PATH),
     ]
+    if model.retry_seconds:
+        # The sidecar may hold a step through a provider outage for up to retry_seconds; the
+        # agent waits for it (still bounded by its own deadline) instead of giving up at 15 min.
+        agent_env.append(
+            _env("CODINGJOB_STEP_TIMEOUT_SECONDS", str(model.retry_seconds + STEP_TIMEOUT_MARGIN))
+        )
     sidecar_env = [
         *(dict(e) for e in common_env),
         _env("CODINGJOB_MODEL_BASE_URL", model.base_url),

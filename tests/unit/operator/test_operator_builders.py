@@ -216,6 +216,8 @@ def test_relay_jobs_get_their_credential_in_the_sidecar_only() -> None:
     assert env["CODINGJOB_MODEL_RETRY_SECONDS"] == "7200"
     agent = pod["spec"]["containers"][0]
     assert not any("secretKeyRef" in str(e) for e in agent["env"])
+    agent_env = {e["name"]: e.get("value") for e in agent["env"]}
+    assert agent_env["CODINGJOB_STEP_TIMEOUT_SECONDS"] == str(7200 + 900)
     secret = builders.model_credential_secret(JOB, "cjr1.payload.mac")
     assert secret["metadata"]["name"] == "todo-app-model-credential"
     assert secret["stringData"] == {"credential": "cjr1.payload.mac"}
