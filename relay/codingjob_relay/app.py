@@ -200,9 +200,12 @@ class Relay:
                     extra_body=rest or None,
                 )
             )
-        except BaseException as exc:
+        except Exception as exc:
             await stack.aclose()
             raise _classify(provider, exc) from exc
+        except BaseException:
+            await stack.aclose()
+            raise
         return stack, response.iter_lines()
 
     # -- the call --------------------------------------------------------------------------
