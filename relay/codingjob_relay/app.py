@@ -183,21 +183,16 @@ class Relay:
         self, provider: Provider, body: dict[str, Any]
     ) -> tuple[AsyncExitStack, AsyncIterator[str]]:
         """A streamed call toward the provider; raises _Transient or RelayError."""
-        rest = {
-            k: v
-            for k, v in body.items()
-            if k not in ("model", "messages", "stream", "stream_options")
-        }
+        # The request is already in wire format: it goes as extra_body, so that the SDK does
+        # not walk every message of a long context through its parameter transform (that costs
+        # milliseconds per call). Usage arrives in the last chunk; without it the budget would
+        # be a guess.
+        wire = {**body, "stream": True, "stream_options": {"include_usage": True}}
         stack = AsyncExitStack()
         try:
             response = await stack.enter_async_context(
                 self.clients.get(provider).chat.completions.with_streaming_response.create(
-                    model=body["model"],
-                    messages=body["messages"],
-                    stream=True,
-                    # Usage arrives in the last chunk; without it the budget would be a guess.
-                    stream_options={"include_usage": True},
-                    extra_body=rest or None,
+                    model=body["model"], messages=[], extra_body=wire
                 )
             )
         except Exception as exc:
@@ -288,9 +283,8 @@ class Relay:
                         if payload is None:
                             continue
                         chunk = parse_chunk(payload)
-                        if chunk is None:
-                            break
-                        assembled.add(chunk)
+                        if chunk is not None:
+                            assembled.add(chunk)
                 except RelayError:
                     raise
                 except Exception as exc:
@@ -351,6 +345,9 @@ class Relay:
                         if payload is not None:
                             break
                 yield b"data: [DONE]\n\n"
+                # Read the stream to its end, so its connection goes back to the pool.
+                async for _ in lines:
+                    pass
             except Exception as exc:
                 log.error("stream from %s broke: %s", provider.name, exc, extra=_fields(claims))
                 error = {
