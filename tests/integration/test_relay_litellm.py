@@ -26,7 +26,7 @@ from tests.fixtures.relay import ModelRelay
 from tests.fixtures.scripted_model import ContextManager, ScriptedModel, ServerProcess
 from tests.integration.test_agent_image import TODO_APP_FILES, LocalRun
 
-LITELLM = "litellm[proxy]==1.109.3"
+LITELLM = "litellm[proxy]==1.108.5"
 CACHE = Path(os.environ.get("CODINGJOB_CACHE", Path.home() / ".cache" / "codingjob"))
 
 
@@ -34,7 +34,7 @@ CACHE = Path(os.environ.get("CODINGJOB_CACHE", Path.home() / ".cache" / "codingj
 def litellm() -> Path:
     """The `litellm` command, installed once into a virtualenv of its own in the cache (its
     dependencies would clash with the project's pins)."""
-    venv = CACHE / "litellm-1.109.3"
+    venv = CACHE / "litellm-1.108.5"
     command = venv / "bin" / "litellm"
     if not command.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
