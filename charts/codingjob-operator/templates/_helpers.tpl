@@ -142,6 +142,7 @@ Name of the ClusterRole to bind to the gateway's users (`<gateway fullname>-user
 */}}
 {{- define "codingjob-operator.gateway.userRole" -}}
 {{- printf "%s-gateway-user" (include "codingjob-operator.fullname" . | trunc 50 | trimSuffix "-") }}
+{{- end }}
 
 {{/* The model relay's name (Deployment, Service, ServiceAccount, PVC, ConfigMap). */}}
 {{- define "codingjob-operator.relay.fullname" -}}
