@@ -171,10 +171,14 @@ def main() -> None:
             results["relay_rss_mib"] = rss
             ok = ok and rss < 100
         finally:
-            relay.terminate()
-            model.terminate()
-            relay.wait(10)
-            model.wait(10)
+            for process in (relay, model):
+                process.terminate()
+            for process in (relay, model):
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(10)
     print(json.dumps(results))
     if args.quick:
         return
