@@ -11,11 +11,12 @@ completes if LiteLLM passes those ids through unchanged.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,10 +24,12 @@ import pytest
 import yaml
 
 from tests.fixtures.relay import ModelRelay
-from tests.fixtures.scripted_model import ContextManager, ScriptedModel, ServerProcess
+from tests.fixtures.scripted_model import ContextManager, ScriptedModel
 from tests.integration.test_agent_image import TODO_APP_FILES, LocalRun
 
 LITELLM = "litellm[proxy]==1.108.5"
+#: LiteLLM imports for most of a minute on a busy machine.
+START_TIMEOUT = 240.0
 CACHE = Path(os.environ.get("CODINGJOB_CACHE", Path.home() / ".cache" / "codingjob"))
 
 
@@ -48,7 +51,7 @@ def litellm() -> Path:
 def litellm_proxy(litellm: Path, tmp_path: Path) -> Iterator[Callable[..., tuple[str, str]]]:
     """Factory: ``litellm_proxy(model)`` serves ``model.model`` through LiteLLM; returns its
     base URL and master key."""
-    started: list[ServerProcess] = []
+    started: list[subprocess.Popen[bytes]] = []
 
     def start(model: ScriptedModel) -> tuple[str, str]:
         master = "sk-master-" + secrets.token_hex(12)
@@ -73,19 +76,39 @@ def litellm_proxy(litellm: Path, tmp_path: Path) -> Iterator[Callable[..., tuple
                 }
             )
         )
-        server = ServerProcess(
-            argv=[str(litellm), "--config", str(config), "--host", "127.0.0.1", "--port",
-                  str(port)],
+        # LiteLLM logs nothing on start at LITELLM_LOG=ERROR: wait for its liveness endpoint.
+        process = subprocess.Popen(
+            [str(litellm), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
             env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
-            ready=re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)"),
-        )  # fmt: skip
-        started.append(server)
-        server.start()
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "litellm.log").open("w"),
+        )
+        started.append(process)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/health/liveliness", timeout=2
+                ):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "the LiteLLM proxy did not start:\n"
+                        + (tmp_path / "litellm.log").read_text()
+                    ) from None
+                time.sleep(1)
         return f"http://127.0.0.1:{port}/v1", master
 
     yield start
-    for server in started:
-        server.stop()
+    for process in started:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
 
 
 def test_todo_app_completes_through_the_relay_and_litellm(
