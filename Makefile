@@ -102,7 +102,7 @@ tools: ## Build (once; then cached) Kubernetes, etcd, CoreDNS, pause, helm, MinI
 # (bench-quick), so a benchmark that breaks fails CI. Add a new bench target to BENCH_LOCAL when it
 # needs no cluster, to BENCH_CLUSTER when it does (a unit test checks that every one is listed).
 BENCH_ARGS ?=
-BENCH_LOCAL := bench-agent bench-context bench-archive
+BENCH_LOCAL := bench-agent bench-context bench-archive bench-relay
 BENCH_CLUSTER := bench-operator bench-gateway
 
 .PHONY: bench-agent
@@ -120,6 +120,10 @@ bench-gateway: venv cluster-up ## 200 clients: status reads and SSE fan-out thro
 .PHONY: bench-archive
 bench-archive: venv ## 1 GiB / 20,000-file workspace: archiver streaming to MinIO vs `zip -r` + upload; ratio, peak memory.
 	nice $(PY) bench/archive/run.py $(BENCH_ARGS)
+
+.PHONY: bench-relay
+bench-relay: venv ## Model relay vs the scripted model directly: p50/p99 at 1 and 50 streams, overhead, relay RSS.
+	nice $(PY) bench/relay/bench_relay.py $(BENCH_ARGS)
 
 .PHONY: bench-context
 bench-context: venv ## Sidecar at 1M tokens: 1 KiB append vs full re-count, prune time, resident memory.

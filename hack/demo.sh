@@ -5,7 +5,9 @@
 # gateway's console URL, a token for a demo ServiceAccount, and the seed's two curl calls.
 #
 # Without LLM_BASE_URL/LLM_API_KEY/LLM_MODEL it uses the scripted demo model: a test fixture that
-# replays pre-written tool calls, not a real model. With them set it uses that real model.
+# replays pre-written tool calls, not a real model. With them set it uses that real model through
+# the model relay: the key goes into the relay's provider Secret in the system namespace, and the
+# job gets only its own relay credential.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,10 +58,22 @@ if [ -n "${LLM_BASE_URL:-}" ]; then
   scripted=false
 fi
 
+relay_values="$(mktemp)"
+trap 'rm -f "$relay_values"' EXIT
+if ! $scripted; then
+  # The provider key stays in the system namespace, readable by the relay only.
+  k create namespace "$SYSTEM_NAMESPACE" --dry-run=client -o yaml | k apply -f - >/dev/null
+  k -n "$SYSTEM_NAMESPACE" create secret generic llm-provider \
+    --from-literal=api-key="${LLM_API_KEY:-}" --dry-run=client -o yaml | k apply -f - >/dev/null
+  "$PY" hack/demo_job.py relay-values --base-url "$LLM_BASE_URL" \
+    --key-secret llm-provider ${LLM_API_KEY:+--with-key} >"$relay_values"
+fi
+
 say "Installing the operator chart (release $RELEASE in $SYSTEM_NAMESPACE)"
 hack/chart-sync.sh >/dev/null
 "$HELM" upgrade --install "$RELEASE" charts/codingjob-operator \
   --namespace "$SYSTEM_NAMESPACE" --create-namespace \
+  -f "$relay_values" \
   --set scriptedModel.enabled="$scripted" \
   --set "watchNamespaces={$NAMESPACE}" \
   --set storage.publicEndpoint="http://localhost:${MINIO_LOCAL_PORT}" \
@@ -68,9 +82,6 @@ hack/chart-sync.sh >/dev/null
   --wait --timeout 5m
 
 k create namespace "$NAMESPACE" --dry-run=client -o yaml | k apply -f - >/dev/null
-# The API key lives in a Secret that only the context-manager sidecar reads.
-k -n "$NAMESPACE" create secret generic llm-credentials \
-  --from-literal=api-key="${LLM_API_KEY:-scripted-demo-key}" --dry-run=client -o yaml | k apply -f - >/dev/null
 
 # A finished job from an earlier run would only report its old result: start afresh.
 k -n "$NAMESPACE" delete codingjob "$JOB" --ignore-not-found --wait=true >/dev/null
@@ -80,9 +91,9 @@ if $scripted; then
   sed "s/codingjob-system.svc/${SYSTEM_NAMESPACE}.svc/" crds/samples/todo-app.yaml |
     k -n "$NAMESPACE" apply -f -
 else
-  say "Using the real model ${LLM_MODEL} at ${LLM_BASE_URL}"
-  "$PY" hack/demo_job.py crds/samples/todo-app.yaml --namespace "$NAMESPACE" \
-    --base-url "$LLM_BASE_URL" --model "$LLM_MODEL" | k -n "$NAMESPACE" apply -f -
+  say "Using the real model ${LLM_MODEL} at ${LLM_BASE_URL} through the model relay"
+  "$PY" hack/demo_job.py job crds/samples/todo-app.yaml --namespace "$NAMESPACE" \
+    --provider llm --model "$LLM_MODEL" | k -n "$NAMESPACE" apply -f -
 fi
 
 say "Following the job (phase, steps, tokens); logs: kubectl -n $NAMESPACE logs -f -l codingjob.dev/job=$JOB -c agent"

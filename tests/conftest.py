@@ -13,6 +13,7 @@ pytest_plugins: list[str] = [
     "tests.fixtures.cluster",
     "tests.fixtures.scripted_model",
     "tests.fixtures.minio",
+    "tests.fixtures.relay",
 ]
 
 #: Tests allowed to skip under CI=true, by node id, each with the reviewed reason. Empty: a skip

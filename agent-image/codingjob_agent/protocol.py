@@ -56,6 +56,14 @@ class TokenStats(_Strict):
     limit: int = 0
     used: int = 0
     pruned: int = 0
+    #: The job's totals as counted by the model relay (0 without a relay); cached tokens are
+    #: part of prompt. These, not ``used``, are what the relay's budgets are enforced on.
+    prompt: int = 0
+    completion: int = 0
+    cached: int = 0
+    cost_usd: float = Field(0.0, alias="costUSD")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class Stats(_Strict):
@@ -66,6 +74,9 @@ class Stats(_Strict):
     messages: int = 0
     budget_exceeded: bool = Field(False, alias="budgetExceeded")
     last_error: str | None = Field(None, alias="lastError")
+    #: Set while model calls keep failing transiently (provider outage); the sidecar retries
+    #: and the operator shows the ModelDegraded condition.
+    model_degraded: str | None = Field(None, alias="modelDegraded")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

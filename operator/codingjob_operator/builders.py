@@ -23,6 +23,8 @@ STATS_PORT = 8081
 VNC_PORT = 5900
 NOVNC_PORT = 6080
 JUPYTER_PORT = 8888
+#: Seconds the agent waits for a step beyond the sidecar's outage retries (one model call).
+STEP_TIMEOUT_MARGIN = 900
 AGENT_CONTAINER = "agent"
 SIDECAR_CONTAINER = "context-manager"
 ARCHIVER_CONTAINER = "archiver"
@@ -64,6 +66,15 @@ class ModelEndpoint:
 
     base_url: str
     name: str
+    #: Secret (a child of the job) whose ``credential`` key holds the job's relay credential;
+    #: None when the job talks to its own endpoint directly.
+    relay_credential_secret: str | None = None
+    #: How long the sidecar retries while the provider is unavailable.
+    retry_seconds: int = 0
+
+
+#: Key of the relay credential in the per-job Secret.
+RELAY_CREDENTIAL_KEY = "credential"
 
 
 @dataclass(frozen=True)
@@ -228,6 +239,12 @@ def agent_pod(
         _env("DISPLAY", ":1"),
         _env("HOME", WORKSPACE_PATH),
     ]
+    if model.retry_seconds:
+        # The sidecar may hold a step through a provider outage for up to retry_seconds; the
+        # agent waits for it (still bounded by its own deadline) instead of giving up at 15 min.
+        agent_env.append(
+            _env("CODINGJOB_STEP_TIMEOUT_SECONDS", str(model.retry_seconds + STEP_TIMEOUT_MARGIN))
+        )
     sidecar_env = [
         *(dict(e) for e in common_env),
         _env("CODINGJOB_MODEL_BASE_URL", model.base_url),
@@ -239,8 +256,24 @@ def agent_pod(
         sidecar_env.append(
             _env("CODINGJOB_MODEL_MAX_OUTPUT_TOKENS", str(spec.model.max_output_tokens))
         )
+    if model.retry_seconds:
+        sidecar_env.append(_env("CODINGJOB_MODEL_RETRY_SECONDS", str(model.retry_seconds)))
     ref = spec.model.api_key_secret_ref
-    if ref is not None:
+    if model.relay_credential_secret is not None:
+        # The job's relay credential, not a provider key: it works only for this job, only
+        # while it runs, within its budget. It too goes to the sidecar only.
+        sidecar_env.append(
+            {
+                "name": "CODINGJOB_MODEL_API_KEY",
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": model.relay_credential_secret,
+                        "key": RELAY_CREDENTIAL_KEY,
+                    }
+                },
+            }
+        )
+    elif ref is not None:
         # The LLM key goes to the sidecar only: the agent runs untrusted code and must never
         # be able to read it (it reaches the model through the sidecar's gateway).
         sidecar_env.append(
@@ -462,6 +495,17 @@ def network_policy(
             "ingress": ingress,
             "egress": egress,
         },
+    }
+
+
+def model_credential_secret(job: JobRef, credential: str) -> Manifest:
+    """Per-job Secret with the job's model relay credential (read by its sidecar only)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(job, job.names.model_credential, "model-credential"),
+        "type": "Opaque",
+        "stringData": {RELAY_CREDENTIAL_KEY: credential},
     }
 
 

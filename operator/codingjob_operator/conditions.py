@@ -34,6 +34,7 @@ FAILED = "Failed"
 COMPLETE = "Complete"
 ARCHIVED = "Archived"  # the workspace ZIP is confirmed in object storage
 BUDGET_EXCEEDED = "BudgetExceeded"  # the sidecar refused a step: token budget spent
+MODEL_DEGRADED = "ModelDegraded"  # model calls keep failing transiently; the sidecar retries
 
 # Reasons (CamelCase, as Kubernetes wants them).
 CREATED = "Created"
@@ -73,6 +74,8 @@ CLASS_NOT_FOUND = "ClassNotFound"  # spec.className names no class, or no defaul
 SECRET_NOT_ALLOWED = "SecretNotAllowed"  # apiKeySecretRef without the owner's consent label
 NAME_CONFLICT = "NameConflict"  # a child's name is taken by an object this job does not own
 STATUS_REJECTED = "StatusRejected"  # the API server refused a status patch
+PROVIDER_UNAVAILABLE = "ProviderUnavailable"
+PROVIDER_AVAILABLE = "ProviderAvailable"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,19 @@ class OperatorConfig(BaseSettings):
     #: Used when a CodingJob omits spec.model.baseURL / spec.model.name.
     default_model_base_url: str | None = None
     default_model_name: str | None = None
+    #: The model relay's OpenAI-compatible URL (``http://<relay>.<ns>.svc:8080/v1``). Set, jobs
+    #: without their own ``spec.model.baseURL`` reach their model through it, with a per-job
+    #: credential instead of a provider key.
+    relay_url: str | None = None
+    #: File with the HMAC key shared with the relay (a mounted Secret).
+    relay_signing_key_file: str | None = None
+    #: Provider a job uses when its ``spec.model.provider`` is unset.
+    relay_default_provider: str | None = None
+    #: Longest life of a job credential; the relay also refuses it once the job has ended.
+    relay_credential_lifetime_seconds: int = Field(7 * 24 * 3600, ge=60)
+    #: How long the sidecar keeps retrying while the provider is down, when the job has no
+    #: activeDeadlineSeconds (with one, until that deadline).
+    model_retry_seconds: int = Field(6 * 3600, ge=0)
     #: A pod stuck pulling its image this long fails the job (ImagePullFailed).
     image_pull_timeout_seconds: int = Field(300, ge=10)
     #: How often a running job's sidecar stats are read.

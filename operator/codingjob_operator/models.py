@@ -113,6 +113,14 @@ class ModelSpec(_Model):
         description="Secret key holding the API key; only the sidecar receives it. "
         "Omit for endpoints that need no key.",
     )
+    provider: str | None = Field(
+        None,
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Provider configured by the admin in the model relay; defaults to the "
+        "chart's relay.defaultProvider. Used when baseURL is unset and the relay is enabled.",
+    )
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
     max_output_tokens: int | None = Field(
         None, ge=1, le=1_000_000, description="Upper bound on tokens per model reply."
@@ -161,6 +169,14 @@ class LimitsSpec(_Model):
         ge=1,
         le=10_000_000_000,
         description="Most tokens sent to and received from the model in total; unset = unlimited.",
+    )
+    max_cost_usd: float | None = Field(
+        None,
+        alias="maxCostUSD",
+        ge=0.0001,
+        le=1_000_000,
+        description="Cost budget in USD, enforced by the model relay with the admin's prices; "
+        "unset = unlimited.",
     )
 
 
@@ -294,6 +310,16 @@ class TokensStatus(_Model):
     used: int = Field(0, description="Tokens used so far (prompt and completion).")
     limit: int = Field(0, description="The context window (context.maxTokens).")
     pruned: int = Field(0, description="Tokens pruned from the context so far.")
+    prompt: int | None = Field(None, description="Prompt tokens counted by the model relay.")
+    completion: int | None = Field(
+        None, description="Completion tokens counted by the model relay."
+    )
+    cached: int | None = Field(
+        None, description="Cached prompt tokens (part of prompt) counted by the model relay."
+    )
+    cost_usd: float | None = Field(
+        None, alias="costUSD", description="Cost in USD so far, from the relay's prices."
+    )
 
 
 class ServicePortStatus(_Model):

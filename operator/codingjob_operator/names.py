@@ -65,6 +65,7 @@ class ChildNames:
     network_policy: str
     archive_job: str
     archive_secret: str
+    model_credential: str
 
 
 def child_names(job: str) -> ChildNames:
@@ -78,6 +79,7 @@ def child_names(job: str) -> ChildNames:
         # A Job's name becomes a pod label value (`job-name`), so it is held to 63 as well.
         archive_job=dns_label(job, "archive"),
         archive_secret=dns_label(job, "archive-credentials"),
+        model_credential=dns_label(job, "model-credential"),
     )
 
 

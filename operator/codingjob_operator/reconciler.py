@@ -18,6 +18,8 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import kopf
+from codingjob_relay.credentials import JobClaims
+from codingjob_relay.credentials import issue as issue_credential
 from pydantic import ValidationError
 
 from codingjob_operator import builders, classes, names
@@ -375,8 +377,38 @@ class Reconciler:
             image_pull_timeout=datetime.timedelta(seconds=self.config.image_pull_timeout_seconds),
         )
 
+    def _uses_relay(self, spec: CodingJobSpec) -> bool:
+        """Jobs that name no endpoint of their own reach their model through the relay."""
+        return (
+            bool(self.config.relay_url)
+            and not spec.model.base_url
+            and (spec.model.api_key_secret_ref is None)
+        )
+
+    def _relay_provider(self, spec: CodingJobSpec) -> str | None:
+        return spec.model.provider or self.config.relay_default_provider
+
+    def _relay_key(self) -> bytes:
+        path = self.config.relay_signing_key_file
+        if not path:
+            raise OSError("CODINGJOB_RELAY_SIGNING_KEY_FILE is unset")
+        with open(path, "rb") as key:
+            return key.read().strip()
+
     def _semantic_error(self, job: builders.JobRef, spec: CodingJobSpec) -> tuple[str, str] | None:
         """A problem in the spec that waiting cannot fix, found before the pod is made."""
+        if self._uses_relay(spec):
+            if not self._relay_provider(spec):
+                return (
+                    c.MODEL_NOT_CONFIGURED,
+                    "spec.model.provider is unset and the relay has no default provider",
+                )
+            if not (spec.model.name or self.config.default_model_name):
+                return (
+                    c.MODEL_NOT_CONFIGURED,
+                    "spec.model.name is unset and the operator has no default",
+                )
+            return None
         if not (spec.model.base_url or self.config.default_model_base_url):
             return (
                 c.MODEL_NOT_CONFIGURED,
@@ -549,10 +581,36 @@ class Reconciler:
         obs: Observation,
         resolved: ResolvedClass | None = None,
     ) -> None:
-        model = builders.ModelEndpoint(
-            base_url=spec.model.base_url or self.config.default_model_base_url or "",
-            name=spec.model.name or self.config.default_model_name or "",
-        )
+        deadline = spec.limits.active_deadline_seconds
+        retry_seconds = deadline or self.config.model_retry_seconds
+        if self._uses_relay(spec):
+            model = builders.ModelEndpoint(
+                base_url=self.config.relay_url or "",
+                name=spec.model.name or self.config.default_model_name or "",
+                relay_credential_secret=job.names.model_credential,
+                retry_seconds=retry_seconds,
+            )
+            claims = JobClaims(
+                namespace=job.namespace,
+                name=job.name,
+                uid=job.uid,
+                provider=self._relay_provider(spec) or "",
+                max_total_tokens=spec.limits.max_total_tokens or 0,
+                max_cost=spec.limits.max_cost_usd or 0.0,
+                expires_at=int(obs.now.timestamp()) + self.config.relay_credential_lifetime_seconds,
+            )
+            # Signed once and stored: a 409 on later passes keeps the first credential. The
+            # provider key stays in the relay; the sandbox namespace gets only this credential.
+            credential = builders.model_credential_secret(
+                job, issue_credential(self._relay_key(), claims)
+            )
+            self.kube.ensure(self._adopt(owner, credential))
+        else:
+            model = builders.ModelEndpoint(
+                base_url=spec.model.base_url or self.config.default_model_base_url or "",
+                name=spec.model.name or self.config.default_model_name or "",
+                retry_seconds=retry_seconds,
+            )
         peers: list[builders.EgressPeer] = []
         if spec.network.egress == EgressMode.RESTRICTED:
             try:

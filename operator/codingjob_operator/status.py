@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -161,6 +162,10 @@ class StatsMessage(BaseModel):
         limit: int = 0
         used: int = 0
         pruned: int = 0
+        prompt: int = 0
+        completion: int = 0
+        cached: int = 0
+        cost_usd: float = Field(0.0, alias="costUSD")
 
     tokens: Tokens = Field(default_factory=Tokens)
     steps: int = 0
@@ -169,6 +174,7 @@ class StatsMessage(BaseModel):
     #: Model calls that failed, and that were retried, so far (metrics only).
     errors: int = 0
     retries: int = 0
+    model_degraded: str | None = Field(None, alias="modelDegraded")
 
 
 @dataclass(frozen=True)
@@ -558,16 +564,32 @@ def _active(b: _Builder) -> None:
         b.condition(c.READY, False, c.POD_PENDING, _short(pod.message) or "waiting for the pod")
 
 
+def _bounded_cost(value: float) -> float:
+    """A cost from /stats as a finite, non-negative amount (NaN or inf from the sandbox reads 0)."""
+    return round(min(value, 1e9), 6) if math.isfinite(value) and value > 0 else 0.0
+
+
 def _apply_stats(b: _Builder, stats: StatsMessage) -> None:
     t = stats.tokens
-    b.set(
-        steps=bounded_int(stats.steps),
-        tokens={
-            "used": bounded_int(t.used),
-            "limit": bounded_int(t.limit),
-            "pruned": bounded_int(t.pruned),
-        },
-    )
+    tokens: dict[str, Any] = {
+        "used": bounded_int(t.used),
+        "limit": bounded_int(t.limit),
+        "pruned": bounded_int(t.pruned),
+    }
+    if t.prompt or t.completion:
+        # Counted by the model relay, which enforces the budgets on these numbers; still bounded,
+        # since /stats is read from the sandbox pod.
+        tokens.update(
+            prompt=bounded_int(t.prompt),
+            completion=bounded_int(t.completion),
+            cached=bounded_int(t.cached),
+            costUSD=_bounded_cost(t.cost_usd),
+        )
+    b.set(steps=bounded_int(stats.steps), tokens=tokens)
+    if stats.model_degraded:
+        b.condition(c.MODEL_DEGRADED, True, c.PROVIDER_UNAVAILABLE, _short(stats.model_degraded))
+    elif c.find_condition(b.conditions, c.MODEL_DEGRADED) is not None:
+        b.condition(c.MODEL_DEGRADED, False, c.PROVIDER_AVAILABLE)
     if stats.budget_exceeded:
         b.condition(c.BUDGET_EXCEEDED, True, c.TOKEN_BUDGET_SPENT, _short(stats.last_error))
     elif c.find_condition(b.conditions, c.BUDGET_EXCEEDED) is not None:

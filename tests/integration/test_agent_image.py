@@ -597,3 +597,26 @@ def test_image_sigterm_then_a_new_container_resumes(agent_image: str, tmp_path: 
     assert sorted(p.name for p in progress.iterdir()) == [f"step-{i}" for i in range(1, 7)]
     result = json.loads((pod.workspace / ".codingjob" / "result.json").read_text())
     assert (result["outcome"], result["steps"]) == ("Succeeded", 9)
+
+
+@pytest.mark.docker
+def test_image_node_lts_scaffolds_and_builds_a_vite_react_app(
+    agent_image: str, tmp_path: Path
+) -> None:
+    """The flagship task with a real model: `npm create vite` and a production build, as the
+    agent (uid 1000, HOME in the workspace), with npm's registry as the only network need."""
+    workspace = _workspace(tmp_path)
+    script = (
+        "set -e; node --version; npm --version; cd /workspace; "
+        "npm create --yes vite@latest app -- --template react </dev/null; "
+        "cd app; npm install --no-audit --no-fund; npm run build; ls dist"
+    )
+    out = _docker(
+        "run", "--rm", "--user", "1000:1000", "-e", "HOME=/workspace",
+        "-v", f"{workspace}:/workspace", "--entrypoint", "bash", agent_image, "-c", script,
+        timeout=1200,
+    )  # fmt: skip
+    version = re.search(r"^v(\d+)\.\d+\.\d+$", out, re.M)
+    assert version and int(version.group(1)) >= 20, out
+    assert (workspace / "app" / "dist" / "index.html").is_file(), out
+    assert list((workspace / "app" / "dist" / "assets").glob("*.js")), out

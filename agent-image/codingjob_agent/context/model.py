@@ -1,13 +1,18 @@
-"""The model provider behind the gateway, called with the ``openai`` SDK.
+"""The model provider (or the model relay) behind the gateway, called with the ``openai`` SDK.
 
 The SDK retries 408/409/429/5xx answers and connection errors with exponential backoff
-(``max_retries``); what still fails becomes :class:`ModelCallError` with the code the agent sees.
+(``max_retries``); after that the client keeps retrying with capped, jittered backoff (honouring
+``Retry-After``) for up to ``model_retry_seconds`` and reports itself degraded meanwhile. What
+still fails becomes :class:`ModelCallError` with the code the agent sees.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import random
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,14 +28,60 @@ log = logging.getLogger(__name__)
 
 #: Statuses worth retrying; the SDK already did, so after that the provider is "unavailable".
 _TRANSIENT = frozenset({408, 409, 429})
+#: Error codes of the model relay (``codingjob_relay.app``) and OpenAI the sidecar acts on.
+BUDGET_EXCEEDED_CODE = "budget_exceeded"
+CONTEXT_LENGTH_EXCEEDED_CODE = "context_length_exceeded"
+#: Headers of the relay with the job's totals after a call (``codingjob_relay.app.USAGE_HEADERS``).
+USAGE_HEADERS = {
+    "prompt": "x-codingjob-prompt-tokens",
+    "completion": "x-codingjob-completion-tokens",
+    "cached": "x-codingjob-cached-tokens",
+    "cost": "x-codingjob-cost-usd",
+}
+#: Longest wait between two attempts while the provider is down.
+MAX_RETRY_DELAY_SECONDS = 60.0
 
 
 class ModelCallError(RuntimeError):
-    """The provider refused the request (ModelError) or could not be reached (ModelUnavailable)."""
+    """The provider refused the request (ModelError) or could not be reached (ModelUnavailable).
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    ``context_length`` is True when the provider said the request does not fit its window.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        context_length: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.context_length = context_length
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class RelayUsage:
+    """The job's totals as the model relay counts them (its budgets apply to these)."""
+
+    prompt: int
+    completion: int
+    cached: int
+    cost_usd: float
+
+    @classmethod
+    def from_headers(cls, headers: Any) -> RelayUsage | None:
+        try:
+            return cls(
+                prompt=int(headers[USAGE_HEADERS["prompt"]]),
+                completion=int(headers[USAGE_HEADERS["completion"]]),
+                cached=int(headers[USAGE_HEADERS["cached"]]),
+                cost_usd=float(headers[USAGE_HEADERS["cost"]]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 @dataclass(frozen=True)
@@ -41,6 +92,7 @@ class Completion:
     finish_reason: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
+    relay_usage: RelayUsage | None = None
 
 
 class ModelClient:
@@ -56,19 +108,23 @@ class ModelClient:
             timeout=settings.model_timeout_seconds,
         )
         self._limit_key = "max_tokens"
+        #: Why model calls are failing right now (None when the last call succeeded).
+        self.degraded: str | None = None
+        self._rng = random.Random()
 
     async def close(self) -> None:
         await self._client.close()
 
     async def _create(
         self, messages: Sequence[dict[str, Any]], options: dict[str, Any]
-    ) -> ChatCompletion:
-        return await self._client.chat.completions.create(
+    ) -> tuple[ChatCompletion, RelayUsage | None]:
+        raw = await self._client.chat.completions.with_raw_response.create(
             model=self.settings.model_name,
             # Plain dicts in the Chat Completions shape, checked when they were stored.
             messages=list(messages),  # type: ignore[arg-type]
             **options,
         )
+        return raw.parse(), RelayUsage.from_headers(raw.headers)
 
     async def complete(
         self,
@@ -76,7 +132,38 @@ class ModelClient:
         tools: Sequence[dict[str, Any]] = (),
         max_tokens: int | None = None,
     ) -> Completion:
-        """The model's next message for ``messages``; raises ModelCallError."""
+        """The model's next message for ``messages``, retrying while the provider is down
+        (up to ``model_retry_seconds``); raises ModelCallError."""
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                completion = await self._complete_once(messages, tools, max_tokens)
+            except ModelCallError as exc:
+                if exc.code is not ErrorCode.MODEL_UNAVAILABLE:
+                    raise
+                window = min(MAX_RETRY_DELAY_SECONDS, 2.0 * 2**attempt)
+                delay = self._rng.uniform(window / 2, window)
+                if exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, MAX_RETRY_DELAY_SECONDS))
+                if time.monotonic() - start + delay > self.settings.model_retry_seconds:
+                    raise
+                self.degraded = str(exc)
+                attempt += 1
+                log.warning("model call failed (%s); attempt %d in %.0fs", exc, attempt + 1, delay)
+                await asyncio.sleep(delay)
+                continue
+            if self.degraded is not None:
+                log.info("model calls succeed again")
+            self.degraded = None
+            return completion
+
+    async def _complete_once(
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]],
+        max_tokens: int | None,
+    ) -> Completion:
         options: dict[str, Any] = {}
         if tools:
             options["tools"] = list(tools)
@@ -87,7 +174,7 @@ class ModelClient:
             options[self._limit_key] = limit
         try:
             try:
-                response = await self._create(messages, options)
+                response, relay_usage = await self._create(messages, options)
             except openai.BadRequestError as exc:
                 # Newer OpenAI models refuse max_tokens and want max_completion_tokens, which
                 # older OpenAI-compatible servers do not know: switch once, then keep it.
@@ -95,16 +182,24 @@ class ModelClient:
                     raise
                 self._limit_key = "max_completion_tokens"
                 options["max_completion_tokens"] = options.pop("max_tokens")
-                response = await self._create(messages, options)
+                response, relay_usage = await self._create(messages, options)
         except openai.APIStatusError as exc:
             status = exc.status_code
+            if exc.code == BUDGET_EXCEEDED_CODE:
+                # The relay enforces the job's budget; this ends the job as BudgetExceeded.
+                raise ModelCallError(ErrorCode.BUDGET_EXCEEDED, exc.message) from exc
             code = (
                 ErrorCode.MODEL_UNAVAILABLE
                 if status in _TRANSIENT or status >= 500
                 else ErrorCode.MODEL_ERROR
             )
             message = f"model provider refused the request: {exc.message}"
-            raise ModelCallError(code, message) from exc
+            raise ModelCallError(
+                code,
+                message,
+                context_length=exc.code == CONTEXT_LENGTH_EXCEEDED_CODE,
+                retry_after=_retry_after(exc.response.headers),
+            ) from exc
         except openai.APIConnectionError as exc:
             raise ModelCallError(
                 ErrorCode.MODEL_UNAVAILABLE, f"model provider unreachable: {exc}"
@@ -120,7 +215,15 @@ class ModelClient:
             finish_reason=choice.finish_reason,
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
+            relay_usage=relay_usage,
         )
+
+
+def _retry_after(headers: Any) -> float | None:
+    try:
+        return float(headers.get("retry-after"))
+    except (TypeError, ValueError):
+        return None
 
 
 def assistant_message(message: Any) -> dict[str, Any]:

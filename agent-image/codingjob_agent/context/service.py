@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from codingjob_agent.context.conversation import HEAD, Conversation
 from codingjob_agent.context.journal import Journal, Transcript
 from codingjob_agent.context.messages import MessageError, check_additions
-from codingjob_agent.context.model import Completion, ModelCallError
+from codingjob_agent.context.model import Completion, ModelCallError, RelayUsage
 from codingjob_agent.context.pruning import ContextOverflow, plan_prune, smallest_window
 from codingjob_agent.context.settings import Settings, Strategy
 from codingjob_agent.context.summarize import summary_message, summary_request
@@ -72,6 +72,17 @@ class _Call:
     usage: dict[str, Any]
 
 
+class _ContextTooLong(Exception):
+    """The provider refused the window as longer than its context (``context_length_exceeded``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+#: After ``context_length_exceeded`` the window is pruned to this fraction of what it was.
+HARDER_PRUNE_FRACTION = 0.5
+
+
 class ContextService:
     """The conversation of one job, stored in its journal; :meth:`load` before use."""
 
@@ -83,6 +94,10 @@ class ContextService:
         self.journal = Journal(settings.journal_path)
         self.transcript = Transcript(settings.transcript_path)
         self._lock = asyncio.Lock()
+        #: The relay's count of this job's usage, from its last answer (None without a relay).
+        self._relay_usage: RelayUsage | None = None
+        #: The relay refused a call as over the job's budget (it enforces the budget).
+        self._relay_budget_exceeded = False
 
     def load(self) -> None:
         """Rebuild the conversation from the journal."""
@@ -105,18 +120,26 @@ class ContextService:
 
     @property
     def budget_exceeded(self) -> bool:
+        if self._relay_budget_exceeded:
+            return True
         limit = self.settings.max_total_tokens
         return limit > 0 and self.conversation.counters.used >= limit
 
     def stats(self) -> Stats:
         counters = self.conversation.counters
+        relay = self._relay_usage
         return Stats(
             tokens=TokenStats(
                 window=self.conversation.window_tokens,
                 limit=self.settings.max_tokens,
                 used=counters.used,
                 pruned=counters.pruned,
+                prompt=relay.prompt if relay else 0,
+                completion=relay.completion if relay else 0,
+                cached=relay.cached if relay else 0,
+                cost_usd=relay.cost_usd if relay else 0.0,
             ),
+            model_degraded=getattr(self.model, "degraded", None),
             steps=counters.steps,
             model_calls=counters.model_calls,
             errors=counters.errors,
@@ -227,8 +250,16 @@ class ContextService:
         if events:
             self._commit(events)
         await self._prune()
-        window = conversation.window()
-        call = await self._call(window, conversation.tools, purpose="step")
+        try:
+            call = await self._call(
+                conversation.window(), conversation.tools, purpose="step", too_long_ok=True
+            )
+        except _ContextTooLong as exc:
+            # The provider's window is smaller than configured (or counts differently): prune
+            # harder and try once more; a second refusal fails the step.
+            log.warning("provider refused the window (%s); pruning harder and retrying", exc)
+            await self._prune(int(conversation.window_tokens * HARDER_PRUNE_FRACTION))
+            call = await self._call(conversation.window(), conversation.tools, purpose="step")
         self._commit(
             [{"op": "messages", "messages": [call.completion.message], "call": call.usage}]
         )
@@ -238,11 +269,12 @@ class ContextService:
             stats=self.stats(),
         )
 
-    async def _prune(self) -> None:
-        """Fit the window into the budget with the job's strategy, or raise ContextOverflow."""
+    async def _prune(self, budget: int | None = None) -> None:
+        """Fit the window into ``budget`` (default: the settings' budget) with the job's
+        strategy, or raise ContextOverflow."""
         conversation = self.conversation
         settings = self.settings
-        budget = settings.budget
+        budget = settings.budget if budget is None else budget
         try:
             plan = plan_prune(
                 conversation,
@@ -313,11 +345,18 @@ class ContextService:
         *,
         purpose: str,
         max_tokens: int | None = None,
+        too_long_ok: bool = False,
     ) -> _Call:
         try:
             completion = await self.model.complete(messages, tools, max_tokens)
         except ModelCallError as exc:
+            if exc.context_length and too_long_ok:
+                raise _ContextTooLong(str(exc)) from None
+            if exc.code is ErrorCode.BUDGET_EXCEEDED:
+                self._relay_budget_exceeded = True
             raise self._fail(exc.code, str(exc)) from None
+        if completion.relay_usage is not None:
+            self._relay_usage = completion.relay_usage
         prompt = completion.prompt_tokens
         if prompt is None:
             prompt = self.counter.request(messages, tools)

@@ -38,6 +38,9 @@ class Settings:
     #: Retries (with the SDK's exponential backoff) on 408/409/429/5xx and connection errors.
     model_max_retries: int = 5
     model_timeout_seconds: float = 600.0
+    #: How long a step keeps retrying while the provider (or relay) is unavailable; the operator
+    #: sets it to the job's deadline, so an outage does not end a run that could still finish.
+    model_retry_seconds: float = 0.0
     max_tokens: int = 1_000_000
     encoding: str = "cl100k_base"
     strategy: Strategy = Strategy.MASK_OBSERVATIONS
@@ -119,6 +122,7 @@ class Settings:
             model_max_output_tokens=int(max_output) if max_output else None,
             model_max_retries=int(number("MODEL_MAX_RETRIES", int, 5) or 0),
             model_timeout_seconds=float(number("MODEL_TIMEOUT_SECONDS", float, 600.0) or 600.0),
+            model_retry_seconds=float(number("MODEL_RETRY_SECONDS", float, 0.0) or 0.0),
             max_tokens=int(number("CONTEXT_MAX_TOKENS", int, 1_000_000) or 0),
             encoding=text("CONTEXT_ENCODING", "cl100k_base") or "cl100k_base",
             strategy=strategy,

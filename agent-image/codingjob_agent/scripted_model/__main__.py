@@ -18,9 +18,12 @@ from codingjob_agent.scripted_model.server import create_app
 log = logging.getLogger("codingjob.scripted_model")
 
 
-async def serve(host: str, port: int, scenario_dir: Path, turn_delay: float = 0.0) -> None:
+async def serve(
+    host: str, port: int, scenario_dir: Path, turn_delay: float = 0.0, api_key: str | None = None
+) -> None:
     """Serve until SIGTERM or SIGINT; logs the bound address (``--port 0`` picks a free one)."""
-    runner = web.AppRunner(create_app(scenario_dir, turn_delay=turn_delay), access_log=None)
+    app = create_app(scenario_dir, turn_delay=turn_delay, api_key=api_key)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -57,6 +60,13 @@ def main(argv: list[str] | None = None) -> None:
         help="wait this long before each answer, like a real model, so a run can be watched "
         "(env CODINGJOB_SCRIPTED_MODEL_TURN_DELAY_SECONDS)",
     )
+    parser.add_argument(
+        "--require-api-key-file",
+        type=Path,
+        default=None,
+        help="answer 401 unless requests carry this file's content as Bearer key, like a real "
+        "provider (env CODINGJOB_SCRIPTED_MODEL_API_KEY sets the key directly)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -66,7 +76,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     if not args.scenario_dir.is_dir():
         parser.error(f"--scenario-dir {args.scenario_dir} is not a directory")
-    asyncio.run(serve(args.host, args.port, args.scenario_dir, args.turn_delay_seconds))
+    api_key = os.environ.get("CODINGJOB_SCRIPTED_MODEL_API_KEY") or None
+    if args.require_api_key_file is not None:
+        api_key = args.require_api_key_file.read_text().strip() or None
+        if api_key is None:
+            parser.error(f"--require-api-key-file {args.require_api_key_file} is empty")
+    if api_key is not None:
+        log.info("requests must carry the API key")
+    asyncio.run(
+        serve(args.host, args.port, args.scenario_dir, args.turn_delay_seconds, api_key=api_key)
+    )
 
 
 if __name__ == "__main__":

@@ -45,6 +45,25 @@ class UnexpectedRequest(ValueError):
 
 
 @dataclass
+class Outage:
+    """Refuse chat completions with ``status`` (and ``Retry-After``) for a while."""
+
+    status: int
+    remaining: int | None = None
+    until: float | None = None
+    retry_after: float | None = None
+
+    def refuses(self, now: float) -> bool:
+        if self.until is not None and now >= self.until:
+            return False
+        if self.remaining is not None:
+            if self.remaining <= 0:
+                return False
+            self.remaining -= 1
+        return True
+
+
+@dataclass
 class ServerState:
     """The scenario directory, the token counter, and the log of received requests."""
 
@@ -53,6 +72,12 @@ class ServerState:
     #: Seconds each answer waits, like a real model's latency, so people and tests can watch a run.
     turn_delay: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
+    #: When set, ``/v1/*`` requires ``Authorization: Bearer <api_key>`` (401 otherwise), as a
+    #: real provider does; tests of the real-provider path use it.
+    api_key: str | None = None
+    #: A simulated provider outage (``POST /_scripted/outage``): answers with ``status`` until
+    #: ``remaining`` requests have been refused or ``until`` (monotonic) has passed.
+    outage: Outage | None = None
     _cache: dict[Path, tuple[float, Scenario]] = field(default_factory=dict)
 
     def scenario(self, model: str) -> Scenario:
@@ -224,8 +249,40 @@ def _error(status: int, message: str, code: str) -> web.Response:
     )
 
 
+def _unauthorized(state: ServerState, request: web.Request) -> web.Response | None:
+    """401 unless the request carries the key the server was started with (if any)."""
+    if state.api_key is None:
+        return None
+    header = request.headers.get("Authorization", "")
+    if header == f"Bearer {state.api_key}":
+        return None
+    return web.json_response(
+        {
+            "error": {
+                "message": "scripted test model: incorrect or missing API key",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        },
+        status=401,
+    )
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
+    refused = _unauthorized(state, request)
+    if refused is not None:
+        state.requests.append({"model": None, "purpose": "unauthorized", "status": 401})
+        return refused
+    if state.outage is not None and state.outage.refuses(time.monotonic()):
+        state.requests.append({"model": None, "purpose": "outage", "status": state.outage.status})
+        headers = {}
+        if state.outage.retry_after is not None:
+            headers["Retry-After"] = str(state.outage.retry_after)
+        refusal = _error(state.outage.status, "simulated outage", "outage")
+        refusal.headers.update(headers)
+        return refusal
     entry: dict[str, Any] = {"model": None, "purpose": "rejected", "status": 400}
     state.requests.append(entry)
     try:
@@ -319,6 +376,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def list_models(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
+    refused = _unauthorized(state, request)
+    if refused is not None:
+        return refused
     return web.json_response(
         {
             "object": "list",
@@ -335,20 +395,46 @@ async def received(request: web.Request) -> web.Response:
     return web.json_response({"requests": request.app[STATE_KEY].requests})
 
 
+async def outage(request: web.Request) -> web.Response:
+    """Start (or with ``{}`` end) a simulated outage: ``{"status": 503, "requests": 3}`` or
+    ``{"status": 429, "seconds": 2, "retryAfter": 0.5}``."""
+    body = await request.json()
+    state = request.app[STATE_KEY]
+    if not body:
+        state.outage = None
+    else:
+        seconds = body.get("seconds")
+        state.outage = Outage(
+            status=int(body["status"]),
+            remaining=body.get("requests"),
+            until=time.monotonic() + float(seconds) if seconds is not None else None,
+            retry_after=body.get("retryAfter"),
+        )
+    return web.json_response({"status": "ok"})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 def create_app(
-    scenario_dir: Path, encoding: str = "cl100k_base", turn_delay: float = 0.0
+    scenario_dir: Path,
+    encoding: str = "cl100k_base",
+    turn_delay: float = 0.0,
+    api_key: str | None = None,
 ) -> web.Application:
-    """The scripted model server's application, playing scenarios from ``scenario_dir``."""
+    """The scripted model server's application, playing scenarios from ``scenario_dir``;
+    with ``api_key``, ``/v1/*`` answers 401 without that key."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[STATE_KEY] = ServerState(
-        scenario_dir=scenario_dir, counter=counter_for(encoding), turn_delay=turn_delay
+        scenario_dir=scenario_dir,
+        counter=counter_for(encoding),
+        turn_delay=turn_delay,
+        api_key=api_key or None,
     )
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/_scripted/requests", received)
+    app.router.add_post("/_scripted/outage", outage)
     app.router.add_get("/healthz", healthz)
     return app

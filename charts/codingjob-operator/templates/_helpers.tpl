@@ -220,3 +220,35 @@ The operator's rules on namespaced resources, one per purpose (README: Permissio
     resources: [events]
     verbs: [create, patch]
 {{- end -}}
+
+{{/* The model relay's name (Deployment, Service, ServiceAccount, PVC, ConfigMap). */}}
+{{- define "codingjob-operator.relay.fullname" -}}
+{{- printf "%s-model-relay" (include "codingjob-operator.fullname" . | trunc 39 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The Secret with the relay's signing key. */}}
+{{- define "codingjob-operator.relay.signingKeySecret" -}}
+{{- .Values.relay.existingSigningKeySecret | default (printf "%s-signing-key" (include "codingjob-operator.relay.fullname" .)) }}
+{{- end }}
+
+{{/* The relay's providers: the configured ones, or the scripted model when it is enabled. */}}
+{{- define "codingjob-operator.relay.providers" -}}
+{{- if .Values.relay.providers }}
+{{- toYaml .Values.relay.providers }}
+{{- else if .Values.scriptedModel.enabled }}
+{{- toYaml (list (dict "name" "scripted" "baseURL" (include "codingjob-operator.scriptedModel.baseURL" .))) }}
+{{- else }}
+{{- toYaml list }}
+{{- end }}
+{{- end }}
+
+{{/* The default provider of jobs. */}}
+{{- define "codingjob-operator.relay.defaultProvider" -}}
+{{- $providers := include "codingjob-operator.relay.providers" . | fromYamlArray }}
+{{- .Values.relay.defaultProvider | default (($providers | first | default dict).name) | default "" }}
+{{- end }}
+
+{{/* The relay's OpenAI-compatible URL, as the sidecars use it. */}}
+{{- define "codingjob-operator.relay.url" -}}
+{{- printf "http://%s.%s.svc:%d/v1" (include "codingjob-operator.relay.fullname" .) .Release.Namespace (int .Values.relay.port) }}
+{{- end }}

@@ -264,3 +264,27 @@ def test_archiver_never_sees_the_sandbox_secrets_and_the_sandbox_never_sees_stor
 )
 def test_agent_deadline_leaves_time_to_write_the_result(active: int | None, soft: int) -> None:
     assert builders.deadline_seconds(active) == soft
+
+
+def test_relay_jobs_get_their_credential_in_the_sidecar_only() -> None:
+    relay = builders.ModelEndpoint(
+        base_url="http://codingjob-model-relay.codingjob-system.svc:8080/v1",
+        name="default",
+        relay_credential_secret=JOB.names.model_credential,
+        retry_seconds=7200,
+    )
+    pod = builders.agent_pod(JOB, spec(), images=IMAGES, model=relay)
+    sidecar = pod["spec"]["initContainers"][0]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in sidecar["env"]}
+    assert env["CODINGJOB_MODEL_BASE_URL"] == relay.base_url
+    assert env["CODINGJOB_MODEL_API_KEY"] == {
+        "secretKeyRef": {"name": "todo-app-model-credential", "key": "credential"}
+    }
+    assert env["CODINGJOB_MODEL_RETRY_SECONDS"] == "7200"
+    agent = pod["spec"]["containers"][0]
+    assert not any("secretKeyRef" in str(e) for e in agent["env"])
+    agent_env = {e["name"]: e.get("value") for e in agent["env"]}
+    assert agent_env["CODINGJOB_STEP_TIMEOUT_SECONDS"] == str(7200 + 900)
+    secret = builders.model_credential_secret(JOB, "cjr1.payload.mac")
+    assert secret["metadata"]["name"] == "todo-app-model-credential"
+    assert secret["stringData"] == {"credential": "cjr1.payload.mac"}

@@ -811,3 +811,44 @@ def test_archiver_that_cannot_start_is_explained() -> None:
         archived is not None
         and archived["message"] == "archiver pod waiting: ErrImagePull: not found"
     )
+
+
+def test_relay_usage_and_model_degraded_reach_status() -> None:
+    stats = StatsMessage.model_validate(
+        {
+            "steps": 2,
+            "tokens": {
+                "used": 90,
+                "limit": 1000,
+                "pruned": 0,
+                "prompt": 70,
+                "completion": 20,
+                "cached": 10,
+                "costUSD": 0.00123456789,
+            },
+            "modelDegraded": "model provider refused the request: provider unavailable",
+        }
+    )
+    decision = derive_status(observe({"phase": "Running"}, pod=running_pod(), stats=stats))
+    assert decision.patch["tokens"] == {
+        "used": 90,
+        "limit": 1000,
+        "pruned": 0,
+        "prompt": 70,
+        "completion": 20,
+        "cached": 10,
+        "costUSD": 0.001235,
+    }
+    degraded = c.find_condition(decision.patch["conditions"], c.MODEL_DEGRADED)
+    assert degraded is not None and degraded["status"] == "True"
+    assert degraded["reason"] == c.PROVIDER_UNAVAILABLE
+    recovered = derive_status(
+        observe(
+            {"phase": "Running", "conditions": decision.patch["conditions"]},
+            pod=running_pod(),
+            stats=StatsMessage.model_validate({"steps": 3}),
+        )
+    )
+    back = c.find_condition(recovered.patch["conditions"], c.MODEL_DEGRADED)
+    assert back is not None and back["status"] == "False"
+    assert back["reason"] == c.PROVIDER_AVAILABLE

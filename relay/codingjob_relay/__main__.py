@@ -1,0 +1,88 @@
+"""``codingjob-model-relay``: serve the relay until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+
+import uvicorn
+
+from codingjob_relay import logs
+from codingjob_relay.app import Relay, create_app
+from codingjob_relay.config import ConfigError, RelayConfig, Settings
+from codingjob_relay.jobs import JobChecker, KubernetesJobCheck, NoJobCheck
+from codingjob_relay.usage import UsageStore
+
+log = logging.getLogger("codingjob.relay")
+
+
+def build(settings: Settings) -> Relay:
+    """The relay for ``settings``; raises ConfigError."""
+    config = RelayConfig.load(settings.config)
+    key = settings.key()
+    for provider in config.providers:
+        provider.api_key()  # fail at start, not on the first job's call
+    checker: JobChecker = (
+        KubernetesJobCheck.in_cluster(settings.job_check_ttl_seconds)
+        if settings.job_check == "kubernetes"
+        else NoJobCheck()
+    )
+    return Relay(
+        settings=settings,
+        config=config,
+        key=key,
+        store=UsageStore(settings.state_dir),
+        checker=checker,
+    )
+
+
+async def serve(relay: Relay, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT; logs the bound address once ready (port 0: a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+
+    def ready() -> None:
+        log.info(
+            "model relay listening on http://%s:%d with providers %s",
+            host,
+            bound,
+            ", ".join(p.name for p in relay.config.providers) or "(none)",
+        )
+
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(relay, ready), log_config=None, access_log=False, lifespan="on")
+    )
+    await server.serve(sockets=[sock])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="codingjob-model-relay",
+        description="OpenAI-compatible relay in front of the model providers: per-job "
+        "credentials, budgets, retries. Settings: CODINGJOB_RELAY_* variables.",
+    )
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logs.setup(args.log_format, args.log_level)
+    try:
+        settings = Settings()
+        relay = build(settings)
+    except (ConfigError, ValueError) as exc:
+        log.error("invalid configuration: %s", exc)
+        sys.exit(2)
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
+    asyncio.run(serve(relay, host, port))
+
+
+if __name__ == "__main__":
+    main()
