@@ -604,7 +604,7 @@ class Reconciler:
             credential = builders.model_credential_secret(
                 job, issue_credential(self._relay_key(), claims)
             )
-            self.kube.ensure(self._adopt(owner, credential))
+            self._ensure(owner, credential)
         else:
             model = builders.ModelEndpoint(
                 base_url=spec.model.base_url or self.config.default_model_base_url or "",
