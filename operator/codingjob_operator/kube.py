@@ -154,6 +154,10 @@ class Kube:
             if error.status != 409:
                 raise
         existing = self._existing(kind, namespace, name)
+        if existing is None and kind == "Secret":
+            # Secrets are looked up only among the operator's own (managed-by label): one that
+            # exists but is not among them was made by someone else.
+            raise NameConflict(kind, namespace, name)
         if existing is None:
             # Deleted between the create and the read: the next pass creates it.
             raise KubeError(409, f"{kind} {namespace}/{name} is being deleted")
