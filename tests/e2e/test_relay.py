@@ -51,6 +51,9 @@ def provider_key(kube_api: client.ApiClient) -> Iterator[str]:
         "--set", "relay.providers[0].apiKeySecret.name=e2e-provider-key",
         "--set", "relay.providers[0].apiKeySecret.key=api-key",
         "--set", "relay.logFormat=json",
+        # The default class is cluster-scoped and owned by the main e2e release; a second
+        # release on the same cluster reuses it instead of claiming it.
+        "--set", "defaultClass.create=false",
         "--wait", "--timeout", "5m",
         check=False,
     )  # fmt: skip
