@@ -22,7 +22,8 @@ from tests.fixtures.cluster import kubectl
 
 SYSTEM = "codingjob-relay-e2e-system"
 RELEASE = "codingjob-relay-e2e"
-RELAY = f"{RELEASE}-model-relay"
+# The chart names the relay after its full name (release + chart).
+RELAY = f"{RELEASE}-codingjob-operator-model-relay"
 #: Not under the main e2e release's `t-*`: only this release's operator handles these jobs.
 PREFIX = "relay-e2e-"
 
