@@ -37,6 +37,7 @@ from tests.fixtures.process import high_water_rss  # noqa: E402
 
 GROUP, VERSION, PLURAL = "codingjob.dev", "v1alpha1", "codingjobs"
 CRD_NAME = f"{PLURAL}.{GROUP}"
+CLASS_CRD_NAME = f"codingjobclasses.{GROUP}"
 QUICK_COUNT = 5
 NO_NODE = {"codingjob.dev/bench": "no-such-node"}
 
@@ -79,23 +80,26 @@ class PodWatch(threading.Thread):
 
 
 def ensure_crd() -> None:
-    """Install the CodingJob CRD when the cluster has none, and wait until it is served."""
+    """Install the CodingJob and CodingJobClass CRDs when the cluster lacks them, and wait
+    until they are served."""
     extensions = client.ApiextensionsV1Api()
-    try:
-        extensions.read_custom_resource_definition(CRD_NAME)
-    except client.ApiException as error:
-        if error.status != 404:
-            raise
-        body = yaml.safe_load((REPO / "crds" / "codingjob.yaml").read_text())
-        extensions.create_custom_resource_definition(body)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        crd = extensions.read_custom_resource_definition(CRD_NAME)
-        conditions = (crd.status.conditions if crd.status else None) or []
-        if any(c.type == "Established" and c.status == "True" for c in conditions):
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"CRD {CRD_NAME} not established after 60s")
+    for crd_name, path in ((CRD_NAME, "codingjob.yaml"), (CLASS_CRD_NAME, "codingjobclass.yaml")):
+        try:
+            extensions.read_custom_resource_definition(crd_name)
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+            body = yaml.safe_load((REPO / "crds" / path).read_text())
+            extensions.create_custom_resource_definition(body)
+        deadline = time.monotonic() + 60
+        while True:
+            crd = extensions.read_custom_resource_definition(crd_name)
+            conditions = (crd.status.conditions if crd.status else None) or []
+            if any(c.type == "Established" and c.status == "True" for c in conditions):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRD {crd_name} not established after 60s")
+            time.sleep(0.5)
 
 
 def main() -> int:
@@ -117,8 +121,29 @@ def main() -> int:
     core.create_namespaced_secret(
         namespace,
         client.V1Secret(
-            metadata=client.V1ObjectMeta(name="llm"), string_data={"api-key": "unused"}
+            # The owner's consent for model use (CodingJobClass rules).
+            metadata=client.V1ObjectMeta(
+                name="llm", labels={"codingjob.dev/model-credentials": "true"}
+            ),
+            string_data={"api-key": "unused"},
         ),
+    )
+    # A class of the benchmark's own: pods pinned to no node (they stay Pending, as the Jobs'
+    # do) and the benchmark's unreachable model endpoint allowed.
+    class_name = namespace
+    custom.create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        "codingjobclasses",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "CodingJobClass",
+            "metadata": {"name": class_name},
+            "spec": {
+                "sandbox": {"nodeSelector": NO_NODE},
+                "model": {"baseURLPrefixes": ["http://127.0.0.1:9/"]},
+            },
+        },
     )
     env = dict(
         os.environ, CODINGJOB_STORAGE_ACCESS_KEY="bench", CODINGJOB_STORAGE_SECRET_KEY="bench"
@@ -178,7 +203,7 @@ def main() -> int:
                         "name": "bench",
                         "apiKeySecretRef": {"name": "llm", "key": "api-key"},
                     },
-                    "nodeSelector": NO_NODE,
+                    "className": class_name,
                     "workspace": {"size": "10Mi"},
                 },
             }
@@ -235,6 +260,7 @@ def main() -> int:
         operator.terminate()
         operator.wait(30)
         core.delete_namespace(namespace)
+        custom.delete_cluster_custom_object(GROUP, VERSION, "codingjobclasses", class_name)
 
 
 if __name__ == "__main__":
