@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import os
+import time
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
@@ -332,8 +333,14 @@ def test_missing_api_key_secret_fails_with_a_reason_naming_it(
     assert obj["status"].get("completionTime")
     pods = core.list_namespaced_pod(namespace, label_selector=f"{names.JOB_LABEL}=keyless")
     assert pods.items == []
-    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=keyless")
-    assert any(e.reason == "SecretNotAllowed" and e.type == "Warning" for e in events.items)
+    # kopf posts events in the background, after the status patch: give it a moment.
+    deadline = time.monotonic() + 30
+    while True:
+        events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=keyless")
+        if any(e.reason == "SecretNotAllowed" and e.type == "Warning" for e in events.items):
+            break
+        assert time.monotonic() < deadline, [(e.type, e.reason) for e in events.items]
+        time.sleep(0.5)
 
 
 def test_missing_key_in_existing_secret_fails(
