@@ -62,7 +62,7 @@ def user(kube_api: client.ApiClient, operator_release: str) -> Iterator[Tenant]:
 def test_console_live_desktop_and_download(
     gateway_url: str, user: Tenant, minio_forward: int, kube_api: client.ApiClient
 ) -> None:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "console-desktop.png"
@@ -128,8 +128,9 @@ def test_console_live_desktop_and_download(
             processes = exec_in_agent(core, namespace, pod, "ps -eo args")
             assert "xterm -title agent shell" in processes, processes
 
+            # The click fetches the password; expect() waits for the page to show it.
             page.get_by_role("button", name="Show VNC password").click()
-            assert len(page.locator("#password").inner_text()) >= 8
+            expect(page.locator("#password")).to_have_text(re.compile(r"^\S{8,}$"))
 
             # Live phase from the event stream, then the download button.
             page.wait_for_function(
