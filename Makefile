@@ -63,11 +63,11 @@ test-unit: venv ## Unit tests: no network, no cluster.
 
 .PHONY: test-integration
 test-integration: venv cluster-up images ## Integration tests on the local cluster, MinIO and the images.
-	$(PYTEST) tests/integration
+	$(PYTEST) --durations=15 tests/integration
 
 .PHONY: e2e
 e2e: venv cluster-up images ## End-to-end: the chart on the cluster, a CodingJob from apply to ZIP.
-	$(PYTEST) tests/e2e
+	$(PYTEST) --durations=15 tests/e2e
 
 .PHONY: mutation
 mutation: venv ## Mutation score of the pure modules (mutmut; slow, not part of CI). MUTATION_MODULES="names ..." to pick.
