@@ -39,12 +39,21 @@ def build(settings: Settings) -> Relay:
     )
 
 
-async def serve(relay: Relay, host: str, port: int) -> None:
-    """Serve until SIGTERM or SIGINT; logs the bound address once ready (port 0: a free one)."""
+def listener(host: str, port: int) -> socket.socket:
+    """The bound listening socket (port 0: a free one), handed to uvicorn."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: accepted sockets inherit the listener's protocol number, and
+    # asyncio turns Nagle off (TCP_NODELAY) only when it reads IPPROTO_TCP there. With 0, every
+    # call on a kept-alive connection waited ~40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    return sock
+
+
+async def serve(relay: Relay, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT; logs the bound address once ready (port 0: a free one)."""
+    sock = listener(host, port)
     bound = sock.getsockname()[1]
 
     def ready() -> None:

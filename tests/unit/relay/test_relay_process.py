@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -13,6 +14,7 @@ from typing import Any
 
 import openai
 import pytest
+from codingjob_relay.__main__ import listener
 
 from tests.fixtures.relay import ModelRelay
 from tests.fixtures.scripted_model import ScriptedModel
@@ -304,3 +306,26 @@ def test_json_logs(model_relay: Callable[..., ModelRelay], todo: ScriptedModel) 
     lines = [json.loads(line) for line in relay.server.log().splitlines()]
     retry = [line for line in lines if "attempt 2" in line["message"]]
     assert retry and retry[0]["uid"] == "uid-json" and retry[0]["namespace"] == "team-a"
+
+
+def test_accepted_connections_have_nagle_off() -> None:
+    """Kept-alive calls must not wait for the client's delayed ACK: asyncio sets TCP_NODELAY on
+    an accepted socket only when the listener says IPPROTO_TCP, which a bare socket() does not."""
+
+    async def accepted_nodelay() -> int:
+        sock = listener("127.0.0.1", 0)
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            raw = writer.get_extra_info("socket")
+            seen.set_result(raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            value = await asyncio.wait_for(seen, 10)
+            writer.close()
+        return value
+
+    assert asyncio.run(accepted_nodelay()) == 1
