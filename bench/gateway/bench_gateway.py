@@ -120,7 +120,10 @@ async def fan_out(
     connected = asyncio.Semaphore(0)
     connector = aiohttp.TCPConnector(ssl=target.ssl, limit=clients + 10)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
-    last = f"bench-change-{changes - 1}"
+    # Task names of this run only: a watch starts with the job as it is, whose task is the last
+    # change of the previous run; with shared names the followers would stop right there.
+    prefix = f"bench-{target.name}-change-"
+    last = f"{prefix}{changes - 1}"
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def follower() -> None:
@@ -146,7 +149,7 @@ async def fan_out(
         await asyncio.sleep(1.0)  # let the initial snapshots drain
         start = time.perf_counter()
         for i in range(changes):
-            task = f"bench-change-{i}"
+            task = f"{prefix}{i}"
             sent[task] = time.perf_counter()
             await change(task)
             await asyncio.sleep(0.2)
