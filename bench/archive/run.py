@@ -42,7 +42,7 @@ QUICK_FILES = 400
 DATASET_VERSION = "v1"
 #: Share of the bytes in already-compressed binaries (images, archives, packs); the rest is text.
 BINARY_SHARE = 0.35
-GOAL_RATIO = 1.0
+GOAL_RATIO = 4.0
 GOAL_RSS = 128 * MiB
 
 

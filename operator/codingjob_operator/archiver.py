@@ -13,7 +13,6 @@ outlived the deadline (``{"error": ..., "permanent": ...}``).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import queue
@@ -27,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import logformat
 from .logformat import LogFormat, job_ref
+from .report import TOO_LARGE, ArchiveError, ArchiveReport
 from .storage import (
     META_FILES,
     META_SHA256,
@@ -42,7 +42,7 @@ from .storage import (
     UploadedPart,
     UploadLostError,
 )
-from .ziparchive import ArchiveStats, stream_workspace
+from .ziparchive import ArchiveStats, ArchiveTooLargeError, stream_workspace
 
 log = logging.getLogger("codingjob.archiver")
 
@@ -61,8 +61,8 @@ _MAX_MESSAGE = 3500
 _MiB = 1024 * 1024
 #: S3 allows 10,000 parts of at least 5 MiB (except the last).
 MAX_PARTS = 10_000
-#: Parts queued or being sent while the next one is zipped.
-PARTS_IN_FLIGHT = 2
+#: Parts sent at once: a single stream leaves the store's and the network's parallelism unused.
+UPLOAD_THREADS = 3
 T = TypeVar("T")
 
 
@@ -75,20 +75,9 @@ class ArchiverSettings(BaseSettings):
     archive_transcript_key: str | None = None
     workspace: Path = Path("/workspace")
     archive_deadline_seconds: float = Field(3600.0, gt=0)
+    #: The archive may not grow beyond this many bytes (``None``: no limit but S3's).
+    archive_max_bytes: int | None = Field(None, gt=0)
     termination_log: Path = Path("/dev/termination-log")
-
-
-class ArchiveReport(BaseModel):
-    """What the archiver stored, written to the termination log on success."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    bucket: str
-    key: str
-    size: int
-    sha256: str
-    files: int
-    transcript_key: str | None = Field(None, alias="transcriptKey")
 
 
 class DeadlineExceededError(TransientStorageError):
@@ -132,70 +121,98 @@ class Backoff:
                 delay = min(self.cap, delay * 2)
 
 
-class _PartUploader(threading.Thread):
-    """Uploads parts in order on its own thread, hashing them, so zipping and sending overlap.
+class _PartUploader:
+    """Uploads parts on :data:`UPLOAD_THREADS` threads while the producer zips the next ones.
 
-    At most :data:`PARTS_IN_FLIGHT` parts are handed over and not yet sent, and the producer
-    reserves room before it zips the next one: three parts in memory at most.
+    The producer hashes each part in order when it hands it over, and reserves room before it
+    zips the next one: at most ``threads + 1`` parts are handed over and not yet sent.
     """
 
-    def __init__(self, store: ArtifactStore, key: str, upload_id: str, backoff: Backoff) -> None:
-        super().__init__(name="part-uploader", daemon=True)
+    def __init__(
+        self,
+        store: ArtifactStore,
+        key: str,
+        upload_id: str,
+        backoff: Backoff,
+        threads: int = UPLOAD_THREADS,
+    ) -> None:
         self.store, self.key, self.upload_id, self.backoff = store, key, upload_id, backoff
-        self.parts: list[UploadedPart] = []
         self.size = 0
         self.sha256 = hashlib.sha256()
         self.error: BaseException | None = None
-        self._queue: queue.Queue[bytes | None] = queue.Queue()
-        self._slots = threading.Semaphore(PARTS_IN_FLIGHT)
+        self._done: dict[int, UploadedPart] = {}
+        self._next = 1
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue()
+        self._slots = threading.Semaphore(threads + 1)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"part-uploader-{i}", daemon=True)
+            for i in range(threads)
+        ]
 
-    def run(self) -> None:
+    @property
+    def parts(self) -> list[UploadedPart]:
+        """The uploaded parts in order."""
+        return [self._done[n] for n in sorted(self._done)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
         try:
-            while (data := self._queue.get()) is not None:
-                number = len(self.parts) + 1
-                self.sha256.update(data)
-                self.size += len(data)
+            while (item := self._queue.get()) is not None:
+                number, data = item
                 part = self.backoff.call(
                     f"upload part {number}",
                     lambda n=number, d=data: self.store.upload_part(  # type: ignore[misc]
                         self.key, self.upload_id, n, d
                     ),
                 )
-                self.parts.append(part)
+                del item, data
+                with self._lock:
+                    self._done[number] = part
                 self._slots.release()
                 if number % 16 == 0:
-                    log.info("uploaded %d parts, %d MiB", number, self.size // _MiB)
-                del data
+                    log.info("uploaded %d parts", number)
         except BaseException as error:
-            self.error = error
+            with self._lock:
+                self.error = self.error or error
 
     def reserve(self) -> None:
-        """Wait for room for one more part, before producing it; raises the uploader's error."""
+        """Wait for room for one more part, before producing it; raises an uploader's error."""
         while not self._slots.acquire(timeout=0.2):
             if self.error is not None:
                 raise self.error
         if self.error is not None:
             raise self.error
 
-    def put(self, data: bytes | None) -> None:
-        """Hand over the next part (reserved before), or ``None`` at the end."""
-        self._queue.put(data)
+    def put(self, data: bytes) -> None:
+        """Hand over the next part (reserved before)."""
+        self.sha256.update(data)
+        self.size += len(data)
+        self._queue.put((self._next, data))
+        self._next += 1
 
     def stop(self) -> None:
-        """Make the thread end after its current part (the producer failed)."""
-        self.error = self.error or RuntimeError("archive stream stopped")
+        """Make the threads end after their current part (the producer failed)."""
+        with self._lock:
+            self.error = self.error or RuntimeError("archive stream stopped")
         while True:
             try:
                 self._queue.get_nowait()
             except queue.Empty:
                 break
-        self._queue.put(None)
+        for _ in self._threads:
+            self._queue.put(None)
 
     def finish(self) -> None:
         """Wait until every part is uploaded."""
-        self.put(None)
-        while self.is_alive():
-            self.join(timeout=0.2)
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            while thread.is_alive():
+                thread.join(timeout=0.2)
         if self.error is not None:
             raise self.error
 
@@ -230,8 +247,14 @@ def _parts(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield b"".join(buffer)
 
 
-def upload_archive(store: ArtifactStore, key: str, workspace: Path, backoff: Backoff) -> _Uploaded:
-    """Stream the workspace ZIP to ``key`` as one multipart upload."""
+def upload_archive(
+    store: ArtifactStore,
+    key: str,
+    workspace: Path,
+    backoff: Backoff,
+    max_bytes: int | None = None,
+) -> _Uploaded:
+    """Stream the workspace ZIP to ``key`` as one multipart upload of at most ``max_bytes``."""
     upload_id = backoff.call(
         "start upload",
         lambda: store.start_upload(
@@ -242,7 +265,7 @@ def upload_archive(store: ArtifactStore, key: str, workspace: Path, backoff: Bac
     stats = ArchiveStats()
     uploader = _PartUploader(store, key, upload_id, backoff)
     uploader.start()
-    parts = _parts(stream_workspace(workspace, stats))
+    parts = _parts(stream_workspace(workspace, stats, max_size=max_bytes))
     try:
         while True:
             uploader.reserve()  # waiting here, before zipping on, is what bounds memory
@@ -308,10 +331,18 @@ def archive(
 ) -> ArchiveReport:
     """Archive the workspace (and transcript) into the store; raises storage errors."""
     backoff = Backoff(deadline=time.monotonic() + settings.archive_deadline_seconds, sleep=sleep)
-    backoff.call("ensure bucket", store.ensure_bucket)
+    if store.settings.session_token is None:
+        # A scoped session sees no bucket, only its prefix: the operator ensured the bucket.
+        backoff.call("ensure bucket", store.ensure_bucket)
     while True:
         try:
-            uploaded = upload_archive(store, settings.archive_key, settings.workspace, backoff)
+            uploaded = upload_archive(
+                store,
+                settings.archive_key,
+                settings.workspace,
+                backoff,
+                settings.archive_max_bytes,
+            )
             break
         except UploadLostError as error:
             if time.monotonic() >= backoff.deadline:
@@ -335,13 +366,14 @@ def archive(
             store, settings.archive_transcript_key, settings.workspace, backoff
         )
     if uploaded.stats.skipped:
-        log.warning("%d entries not archived", len(uploaded.stats.skipped))
+        log.warning("%d entries not archived (listed in the manifest)", uploaded.stats.skipped)
     return ArchiveReport(
         bucket=store.bucket,
         key=settings.archive_key,
         size=uploaded.size,
         sha256=uploaded.sha256,
         files=uploaded.stats.entries,
+        skipped=uploaded.stats.skipped,
         transcriptKey=transcript_key,
     )
 
@@ -353,8 +385,10 @@ def _write_termination(path: Path, message: str) -> None:
         log.error("cannot write the termination log %s: %s", path, error)
 
 
-def _failure(error: BaseException, permanent: bool) -> str:
-    return json.dumps({"error": str(error)[:_MAX_MESSAGE], "permanent": permanent})
+def _failure(error: BaseException, permanent: bool, reason: str | None = None) -> str:
+    return ArchiveError(
+        error=str(error)[:_MAX_MESSAGE], permanent=permanent, reason=reason
+    ).model_dump_json(exclude_none=True)
 
 
 def main() -> None:
@@ -384,6 +418,11 @@ def main() -> None:
         log.error("archive failed, storage unavailable until the deadline: %s", error)
         _write_termination(settings.termination_log, _failure(error, False))
         sys.exit(EXIT_TRANSIENT)
+    except ArchiveTooLargeError as error:
+        # Retrying would produce the same archive: the user must shrink the workspace.
+        log.error("%s", error)
+        _write_termination(settings.termination_log, _failure(error, True, TOO_LARGE))
+        sys.exit(EXIT_PERMANENT)
     except OSError as error:
         # The workspace itself could not be read mid-stream (I/O error): retrying will not help.
         log.error("reading the workspace failed: %s", error)

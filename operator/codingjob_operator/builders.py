@@ -529,13 +529,37 @@ class ArchiveTarget:
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
-def archive_job(job: JobRef, *, images: Images, target: ArchiveTarget) -> Manifest:
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """How long and how large an archive may be: the operator's settings today, a
+    CodingJobClass's tomorrow (whoever resolves the job's class passes its values here)."""
+
+    deadline_seconds: int = 3600
+    max_bytes: int | None = None
+
+    @property
+    def archiver_deadline_seconds(self) -> int:
+        """The archiver's own deadline: a minute before the Job's, so that it still writes why
+        it stopped before Kubernetes kills it."""
+        return max(60, self.deadline_seconds - 60)
+
+
+def archive_job(
+    job: JobRef, *, images: Images, target: ArchiveTarget, limits: ArchiveLimits | None = None
+) -> Manifest:
     """The archiver Job: the operator's trusted image zips the workspace (mounted read-only)
     straight to object storage; the storage credentials live here, never in the sandbox."""
+    limits = limits or ArchiveLimits()
     env = [
         _env("CODINGJOB_ARCHIVE_KEY", target.key),
         _env("CODINGJOB_ARCHIVE_TRANSCRIPT_KEY", target.transcript_key),
         _env("CODINGJOB_WORKSPACE", WORKSPACE_PATH),
+        _env("CODINGJOB_ARCHIVE_DEADLINE_SECONDS", str(limits.archiver_deadline_seconds)),
+        *(
+            [_env("CODINGJOB_ARCHIVE_MAX_BYTES", str(limits.max_bytes))]
+            if limits.max_bytes is not None
+            else []
+        ),
         *(_env(k, v) for k, v in sorted(target.extra_env.items())),
     ]
     labels = names.labels(job.name, "archiver")
@@ -563,7 +587,10 @@ def archive_job(job: JobRef, *, images: Images, target: ArchiveTarget) -> Manife
         "kind": "Job",
         "metadata": _metadata(job, job.names.archive_job, "archiver"),
         "spec": {
-            "backoffLimit": 3,
+            # Bounded: the whole Job (every pod retry) ends at the deadline, and a pod lost to the
+            # node is retried once; further attempts are new Jobs, counted by the operator.
+            "activeDeadlineSeconds": limits.deadline_seconds,
+            "backoffLimit": 1,
             # Permanent storage errors (access denied, no bucket) are not retried by the Job;
             # the operator reads the reason from the termination message.
             "podFailurePolicy": {

@@ -54,6 +54,12 @@ class OperatorConfig(BaseSettings):
     peering_lifetime_seconds: int = Field(15, ge=10, le=600)
     #: `json`: the operator, the sidecars and the archivers log one JSON object per line.
     log_format: Literal["plain", "json"] = "plain"
+    #: The archiver Job's deadline (activeDeadlineSeconds); its storage credentials expire with it.
+    archive_deadline_seconds: int = Field(3600, ge=120, le=43200)
+    #: Archiver Jobs started for one CodingJob before it fails with ArchiveFailed (PVC kept).
+    archive_max_attempts: int = Field(3, ge=1, le=20)
+    #: Largest archive (bytes) before the job fails with ArchiveTooLarge (PVC kept); None: S3's.
+    archive_max_bytes: int | None = Field(None, gt=0)
     storage: StorageSettings | None = Field(default_factory=_storage_from_env)
     #: The egress floor beyond link-local and cloud metadata: node, pod and service CIDRs and
     #: the API server's addresses (JSON list; the chart fills it from its values).

@@ -163,10 +163,19 @@ def build_crd() -> dict[str, Any]:
                             "jsonPath": ".status.reason",
                             "priority": 1,
                         },
+                        # Size and expiry, not the URL: a presigned URL is hundreds of characters
+                        # (it stays in status.downloadURL and status.artifact.url).
                         {
-                            "name": "URL",
-                            "type": "string",
-                            "jsonPath": ".status.downloadURL",
+                            "name": "Size",
+                            "type": "integer",
+                            "format": "int64",
+                            "jsonPath": ".status.artifact.size",
+                            "priority": 1,
+                        },
+                        {
+                            "name": "URL-Expires",
+                            "type": "date",
+                            "jsonPath": ".status.artifact.urlExpiresAt",
                             "priority": 1,
                         },
                     ],

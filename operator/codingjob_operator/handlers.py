@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import datetime
 import logging
 import time
 from collections import defaultdict
@@ -19,7 +20,7 @@ from codingjob_operator import metrics, names
 from codingjob_operator.config import OperatorConfig
 from codingjob_operator.kube import KubeError, default_kube
 from codingjob_operator.metrics import Metrics
-from codingjob_operator.models import GROUP, PLURAL, VERSION
+from codingjob_operator.models import GROUP, PLURAL, VERSION, OnDelete
 from codingjob_operator.reconciler import MAX_DELAY, Reconciler, RetryLater
 from codingjob_operator.storage import (
     ArtifactStore,
@@ -32,6 +33,8 @@ ANNOTATIONS_PREFIX = "codingjob.dev"
 CHILD_LABELS = {names.MANAGED_BY_LABEL: names.MANAGED_BY, names.NAME_LABEL: names.APP_NAME}
 RECONCILE_WORKERS = 16
 ERROR_BACKOFF = (5.0, 10.0, 30.0, 60.0, 120.0, MAX_DELAY)
+#: Archiving before a deletion may take the archive deadline plus this (stopping the agent).
+ARCHIVE_ON_DELETE_MARGIN_SECONDS = 300
 
 
 class Wakeups:
@@ -172,6 +175,42 @@ async def pod_changed(*, namespace: str | None, labels: kopf.Labels, memo: Any, 
 async def job_changed(*, namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     """The archiver Job changed: reconcile its CodingJob now."""
     memo.wakeups.wake(namespace, labels.get(names.JOB_LABEL))
+
+
+def _archives_on_delete(*, spec: kopf.Spec, memo: Any, **_: Any) -> bool:
+    reconciler: Reconciler = memo.reconciler
+    storage = reconciler.config.storage
+    on_delete = (spec.get("artifacts") or {}).get("onDelete", OnDelete.ARCHIVE.value)
+    # With retention Delete the archive would be deleted right after: nothing to keep.
+    return storage is not None and storage.retention == "Retain" and on_delete != "Discard"
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, id="archive-on-delete", when=_archives_on_delete)
+def archive_on_delete(
+    *,
+    namespace: str | None,
+    name: str,
+    memo: Any,
+    logger: Any,
+    runtime: datetime.timedelta,
+    **_: Any,
+) -> None:
+    """A deleted, unfinished CodingJob: stop the agent, archive, then let it go (the finalizer
+    holds it meanwhile), for at most the archive deadline plus a margin."""
+    reconciler: Reconciler = memo.reconciler
+    if namespace is None:
+        return
+    limit = reconciler.config.archive_deadline_seconds + ARCHIVE_ON_DELETE_MARGIN_SECONDS
+    if runtime.total_seconds() > limit:
+        # Bounded: a deletion must not hang on a store that never comes back.
+        logger.error(f"gave up archiving before deletion after {limit}s; the workspace goes")
+        return
+    try:
+        done = reconciler.archive_before_delete(namespace, name)
+    except (RetryLater, KubeError, TransientStorageError) as error:
+        raise kopf.TemporaryError(f"archiving before deletion: {error}", delay=10) from error
+    if not done:
+        raise kopf.TemporaryError("archiving the workspace before deletion", delay=5)
 
 
 def _deletes_objects(*, memo: Any, **_: Any) -> bool:

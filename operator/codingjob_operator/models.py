@@ -220,6 +220,11 @@ class EgressMode(StrEnum):
     OPEN = "Open"
 
 
+class OnDelete(StrEnum):
+    ARCHIVE = "Archive"
+    DISCARD = "Discard"
+
+
 class NetworkSpec(_Model):
     egress: EgressMode = Field(
         EgressMode.RESTRICTED,
@@ -235,10 +240,19 @@ class NetworkSpec(_Model):
 
 class ArtifactsSpec(_Model):
     url_expiry_seconds: int = Field(
-        86400, ge=60, le=604800, description="Lifetime of the presigned download URL."
+        3600,
+        ge=60,
+        le=604800,
+        description="Lifetime of the presigned download URL; the operator signs a new one "
+        "before it expires (when a tenth of the lifetime is left).",
     )
     upload_on_failure: bool = Field(
         True, description="Archive the workspace also when the agent failed."
+    )
+    on_delete: OnDelete = Field(
+        OnDelete.ARCHIVE,
+        description="Deleting an unfinished CodingJob: Archive stops the agent and archives the "
+        "workspace before the CodingJob goes (bounded by the archive deadline); Discard drops it.",
     )
 
 
@@ -342,6 +356,11 @@ class ArtifactStatus(_Model):
     size: int = Field(description="Size of the ZIP in bytes, confirmed in the store.")
     sha256: str = Field(description="SHA-256 of the ZIP, confirmed in the store.")
     files: int | None = Field(None, description="Entries in the ZIP.")
+    skipped: int | None = Field(
+        None,
+        description="Entries left out (special files, unreadable, unsafe links, large sparse "
+        "files), listed with their reasons in the archive's .codingjob-manifest.jsonl.",
+    )
     transcript_key: str | None = Field(None, description="Object key of context.txt.")
     url: str | None = Field(None, description="Presigned download URL.")
     url_expires_at: datetime.datetime | None = Field(

@@ -36,15 +36,16 @@ from codingjob_operator.models import (
     EgressMode,
     ResolvedClass,
 )
+from codingjob_operator.report import ArchiveReport
 from codingjob_operator.status import (
     Action,
-    ArchiveReport,
     Decision,
     Observation,
     StatsMessage,
     StorageResult,
     StorageState,
     archive_view,
+    deletion_patch,
     derive_status,
     fail_now,
     parse_archive_message,
@@ -53,10 +54,11 @@ from codingjob_operator.status import (
 from codingjob_operator.storage import (
     ArtifactStore,
     PermanentStorageError,
+    SessionCredentials,
     StorageSettings,
     TransientStorageError,
 )
-from codingjob_operator.untrusted import clean_text
+from codingjob_operator.untrusted import bounded_int, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +90,19 @@ class PassResult:
     delay: float
 
 
-def storage_env(settings: StorageSettings) -> dict[str, str]:
-    """The archiver's CODINGJOB_STORAGE_* environment, copied from the operator's settings."""
-    env = {
+def storage_env(settings: StorageSettings, session: SessionCredentials) -> dict[str, str]:
+    """The archiver's CODINGJOB_STORAGE_* environment: where to write, and its own short-lived
+    credentials limited to its job's prefix (never the operator's keys)."""
+    return {
         "CODINGJOB_STORAGE_ENDPOINT": settings.endpoint,
-        "CODINGJOB_STORAGE_ACCESS_KEY": settings.access_key.get_secret_value(),
-        "CODINGJOB_STORAGE_SECRET_KEY": settings.secret_key.get_secret_value(),
+        "CODINGJOB_STORAGE_ACCESS_KEY": session.access_key,
+        "CODINGJOB_STORAGE_SECRET_KEY": session.secret_key,
+        "CODINGJOB_STORAGE_SESSION_TOKEN": session.session_token,
         "CODINGJOB_STORAGE_SECURE": str(settings.secure).lower(),
         "CODINGJOB_STORAGE_REGION": settings.region,
         "CODINGJOB_STORAGE_BUCKET": settings.bucket,
-        "CODINGJOB_STORAGE_CREATE_BUCKET": str(settings.create_bucket).lower(),
+        "CODINGJOB_STORAGE_CREATE_BUCKET": "false",
     }
-    return env
 
 
 def resolve_model_peers(
@@ -203,10 +206,11 @@ class Reconciler:
 
     # Entry point.
 
-    def reconcile(self, namespace: str, name: str) -> PassResult:
-        """One pass; returns when the next should run at the latest."""
+    def reconcile(self, namespace: str, name: str, *, deleting: bool = False) -> PassResult:
+        """One pass; returns when the next should run at the latest. A CodingJob being deleted
+        is left alone unless ``deleting`` (the deletion handler archiving it first)."""
         obj = self.kube.read_codingjob(namespace, name)
-        if obj is None or obj["metadata"].get("deletionTimestamp"):
+        if obj is None or (obj["metadata"].get("deletionTimestamp") and not deleting):
             if self.metrics is not None:
                 self.metrics.forget(namespace, name)
             return PassResult(MAX_DELAY)
@@ -335,6 +339,22 @@ class Reconciler:
             return None, (c.CLASS_VIOLATION, classes.violation_message(chosen.name, result))
         return result, None
 
+    def archive_before_delete(self, namespace: str, name: str) -> bool:
+        """One step of archiving a deleted, unfinished CodingJob; True once nothing is left to
+        do (final phase, or it never started) and the CodingJob may go."""
+        obj = self.kube.read_codingjob(namespace, name)
+        if obj is None or self.store is None:
+            return True
+        patch = deletion_patch(obj.get("status") or {})
+        if patch is not None:
+            log.info("%s/%s deleted while unfinished: archiving first", namespace, name)
+            self._patch(namespace, name, patch)
+        elif (obj.get("status") or {}).get("phase") in (None, "Succeeded", "Failed"):
+            return True
+        self.reconcile(namespace, name, deleting=True)
+        after = self.kube.read_codingjob(namespace, name)
+        return after is None or (after.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
     # Observe.
 
     def _observe(
@@ -375,6 +395,7 @@ class Reconciler:
             semantic_error=semantic,
             stats=stats,
             image_pull_timeout=datetime.timedelta(seconds=self.config.image_pull_timeout_seconds),
+            archive_max_attempts=self.config.archive_max_attempts,
         )
 
     def _uses_relay(self, spec: CodingJobSpec) -> bool:
@@ -500,7 +521,9 @@ class Reconciler:
             "key": key,
             "size": report.size,
             "sha256": report.sha256,
-            "files": report.files,
+            # Counts from walking a workspace the agent shaped: clamped like other sandbox numbers.
+            "files": bounded_int(report.files),
+            "skipped": bounded_int(report.skipped),
             "url": url,
             "urlExpiresAt": c.format_time(expires_at),
         }
@@ -672,14 +695,25 @@ class Reconciler:
 
     def _start_archive(self, owner: kopf.Body, job: builders.JobRef) -> None:
         assert self.store is not None
-        secret = builders.archive_secret(job, storage_env(self.store.settings))
+        # Why: the Secret lives in the tenant's namespace; what it holds may reach only this
+        # job's objects, and only until the archiver's deadline.
+        session = self.store.archiver_session(
+            names.archive_prefix(job.namespace, job.name, job.uid),
+            self.config.archive_deadline_seconds,
+        )
+        secret = builders.archive_secret(job, storage_env(self.store.settings, session))
         self._ensure(owner, secret, update=True)
         target = builders.ArchiveTarget(
             key=names.archive_key(job.namespace, job.name, job.uid),
             transcript_key=names.transcript_key(job.namespace, job.name, job.uid),
             extra_env=builders.log_env(job, self.config.log_format),
         )
-        self._ensure(owner, builders.archive_job(job, images=self.images, target=target))
+        limits = builders.ArchiveLimits(
+            deadline_seconds=self.config.archive_deadline_seconds,
+            max_bytes=self.config.archive_max_bytes,
+        )
+        manifest = builders.archive_job(job, images=self.images, target=target, limits=limits)
+        self._ensure(owner, manifest)
 
     # Timers: URL refresh, TTL, and when to come back.
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from codingjob_operator import conditions as c
 from codingjob_operator.conditions import ConditionUpdate, Phase
 from codingjob_operator.models import CodingJobSpec
+from codingjob_operator.report import ArchiveError, ArchiveReport
 from codingjob_operator.untrusted import MESSAGE_MAX, bounded_int, clean_text, known_reason
 
 #: Pod status reasons that mean the pod was lost to infrastructure, not ended by the agent.
@@ -66,28 +67,6 @@ class AgentResultMessage(BaseModel):
     steps: int = 0
     tokens: int = 0
     summary: str = ""
-
-
-class ArchiveReport(BaseModel):
-    """The archiver's termination message on success."""
-
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    bucket: str
-    key: str
-    size: int
-    sha256: str
-    files: int
-    transcript_key: str | None = Field(None, alias="transcriptKey")
-
-
-class ArchiveError(BaseModel):
-    """The archiver's termination message on failure."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    error: str
-    permanent: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,6 +111,8 @@ class ArchiveJobView:
     termination_message: str | None = None
     #: Why the newest archiver pod's container is not running yet (e.g. ErrImagePull).
     waiting: str | None = None
+    #: The Job's own reason for failing (``DeadlineExceeded: ...``, ``BackoffLimitExceeded``).
+    job_failure: str | None = None
 
 
 class StorageState(Enum):
@@ -192,6 +173,8 @@ class Observation:
     storage: StorageResult | None = None
     stats: StatsMessage | None = None
     image_pull_timeout: datetime.timedelta = datetime.timedelta(minutes=5)
+    #: Archiver Jobs tried before the job fails with ArchiveFailed (the PVC is kept).
+    archive_max_attempts: int = 3
 
 
 class Action(Enum):
@@ -470,11 +453,20 @@ def _archiving(b: _Builder) -> None:
     if archive.failed:
         parsed = parse_archive_message(archive.termination_message)
         if isinstance(parsed, ArchiveError) and parsed.permanent:
-            b.condition(c.ARCHIVED, False, c.ARCHIVE_FAILED, _short(parsed.error))
-            b.finish(False, c.ARCHIVE_FAILED, _short(parsed.error))
+            why = c.ARCHIVE_TOO_LARGE if parsed.reason == c.ARCHIVE_TOO_LARGE else c.ARCHIVE_FAILED
+            b.condition(c.ARCHIVED, False, why, _short(parsed.error))
+            b.finish(False, why, _short(parsed.error))
             return
         detail = parsed.error if isinstance(parsed, ArchiveError) else archive.termination_message
-        b.condition(c.ARCHIVED, False, c.ARCHIVE_FAILED, _short(f"retrying: {detail or 'failed'}"))
+        detail = detail or archive.job_failure or "failed"
+        attempts = int(obs.status.get("archiveAttempts") or 0)
+        if attempts >= obs.archive_max_attempts:
+            # Bounded: a workspace that cannot be archived keeps its PVC and says why.
+            message = _short(f"archiving failed {attempts} times; last: {detail}")
+            b.condition(c.ARCHIVED, False, c.ARCHIVE_FAILED, message)
+            b.finish(False, c.ARCHIVE_FAILED, message)
+            return
+        b.condition(c.ARCHIVED, False, c.ARCHIVE_FAILED, _short(f"retrying: {detail}"))
         b.act(Action.DELETE_ARCHIVE_JOB)
         return
     if not archive.succeeded:
@@ -489,6 +481,11 @@ def _archiving(b: _Builder) -> None:
     if storage.state == StorageState.MISMATCH:
         b.condition(c.ARCHIVED, False, c.ARCHIVE_MISMATCH, storage.message)
         b.event("Warning", c.ARCHIVE_MISMATCH, storage.message)
+        attempts = int(obs.status.get("archiveAttempts") or 0)
+        if attempts >= obs.archive_max_attempts:
+            message = _short(f"archiving failed {attempts} times; last: {storage.message}")
+            b.finish(False, c.ARCHIVE_FAILED, message)
+            return
         b.act(Action.DELETE_ARCHIVE_JOB)
         return
     artifact = dict(storage.artifact or {})
@@ -712,9 +709,12 @@ def archive_view(
     """The archiver Job's state and its newest finished pod's termination message."""
     status = job.get("status") or {}
     finished: dict[str, bool] = {}
+    job_failure = None
     for cond in status.get("conditions") or []:
         if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
             finished[cond["type"]] = True
+            if cond["type"] == "Failed":
+                job_failure = _short(f"{cond.get('reason') or ''}: {cond.get('message') or ''}")
     message = waiting = None
     newest: datetime.datetime | None = None
     newest_any: datetime.datetime | None = None
@@ -735,4 +735,20 @@ def archive_view(
         failed=finished.get("Failed", False),
         termination_message=message,
         waiting=waiting,
+        job_failure=job_failure,
     )
+
+
+def deletion_patch(status: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What to patch when an unfinished CodingJob is deleted and its workspace must be archived
+    first: ``None`` when there is nothing to do (never started, already archiving or final)."""
+    phase = status.get("phase")
+    if phase in (None, Phase.ARCHIVING, Phase.SUCCEEDED, Phase.FAILED):
+        return None
+    # The agent is stopped by the Archiving phase itself (its pod is deleted first).
+    return {
+        "phase": Phase.ARCHIVING.value,
+        "outcome": Phase.FAILED.value,
+        "reason": c.DELETED,
+        "message": "the CodingJob was deleted; the workspace is archived before it goes",
+    }

@@ -7,17 +7,21 @@ Every failure leaves this module as :class:`TransientStorageError` (retry with b
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO, Literal, TypeVar
+from typing import Any, BinaryIO, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
 from minio.commonconfig import Tags
+from minio.credentials.providers import AssumeRoleProvider, StaticProvider
 from minio.datatypes import Part
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+from minio.minioadmin import MinioAdmin
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -66,6 +70,16 @@ class StorageSettings(BaseSettings):
     bucket: str = "codingjob-artifacts"
     create_bucket: bool = True
     retention: Literal["Retain", "Delete"] = "Retain"
+    #: Set for an archiver: its short-lived STS session (with ``access_key``/``secret_key``).
+    session_token: SecretStr | None = None
+    #: STS endpoint for the archiver sessions; ``None`` is the S3 endpoint (MinIO serves STS).
+    sts_endpoint: str | None = None
+    #: AWS: the role archiver sessions assume (the operator's identity may assume it);
+    #: MinIO: unset, the session derives from the operator's own user.
+    archiver_role_arn: str | None = None
+    #: The read-only identity that signs download URLs; unset, the operator's identity signs.
+    signer_access_key: SecretStr | None = None
+    signer_secret_key: SecretStr | None = None
 
     @field_validator("endpoint")
     @classmethod
@@ -111,6 +125,80 @@ class ObjectInfo:
     size: int
     sha256: str | None
     files: int | None
+
+
+@dataclass(frozen=True)
+class SessionCredentials:
+    """Short-lived credentials of one archiver, limited to one job's objects."""
+
+    access_key: str
+    secret_key: str
+    session_token: str
+    expires_at: datetime.datetime | None
+
+
+#: What an archiver may do, and only under its job's prefix: upload (multipart), confirm what it
+#: uploaded (read it back, tags), abort its own uploads. No listing, no delete, no bucket access.
+ARCHIVER_ACTIONS = (
+    "s3:PutObject",
+    "s3:AbortMultipartUpload",
+    "s3:ListMultipartUploadParts",
+    "s3:GetObject",
+    "s3:GetObjectTagging",
+    "s3:PutObjectTagging",
+)
+#: The shortest session: STS allows 15 minutes, but the SDK's AssumeRole provider asks for at
+#: least an hour whatever it is given.
+MIN_SESSION_SECONDS = 3600
+
+
+def archiver_policy(bucket: str, prefix: str) -> dict[str, Any]:
+    """The inline session policy of an archiver: :data:`ARCHIVER_ACTIONS` on ``prefix*`` only."""
+    if not prefix.endswith("/") or "*" in prefix or "?" in prefix:
+        raise ValueError(f"prefix must end with / and hold no wildcards: {prefix!r}")
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": list(ARCHIVER_ACTIONS),
+                "Resource": [f"arn:aws:s3:::{bucket}/{prefix}*"],
+            }
+        ],
+    }
+
+
+def operator_policy(bucket: str) -> dict[str, Any]:
+    """The policy of the operator's identity: its bucket and nothing else."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket", "s3:GetBucketLocation", "s3:CreateBucket"],
+                "Resource": [f"arn:aws:s3:::{bucket}"],
+            },
+            {
+                "Effect": "Allow",
+                "Action": [*ARCHIVER_ACTIONS, "s3:DeleteObject"],
+                "Resource": [f"arn:aws:s3:::{bucket}/*"],
+            },
+        ],
+    }
+
+
+def signer_policy(bucket: str) -> dict[str, Any]:
+    """The policy of the URL signer: read objects of the bucket, nothing else."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": [f"arn:aws:s3:::{bucket}/*"],
+            }
+        ],
+    }
 
 
 @dataclass(frozen=True)
@@ -171,17 +259,31 @@ def _call(func: Callable[[], T]) -> T:
 
 
 def _public_client(settings: StorageSettings) -> Minio:
+    # Why: a URL carries its signer's authority; a read-only signer cannot be turned into writes.
+    keys: tuple[SecretStr | None, SecretStr | None] = (
+        (settings.signer_access_key, settings.signer_secret_key)
+        if settings.signer_access_key is not None and settings.signer_secret_key is not None
+        else (settings.access_key, settings.secret_key)
+    )
     if settings.public_endpoint is None:
-        return _client(settings.endpoint, settings.secure, settings)
+        return _client(settings.endpoint, settings.secure, settings, keys)
     parts = urlsplit(settings.public_endpoint)
-    return _client(parts.netloc, parts.scheme == "https", settings)
+    return _client(parts.netloc, parts.scheme == "https", settings, keys)
 
 
-def _client(endpoint: str, secure: bool, settings: StorageSettings) -> Minio:
+def _client(
+    endpoint: str,
+    secure: bool,
+    settings: StorageSettings,
+    keys: tuple[SecretStr | None, SecretStr | None] | None = None,
+) -> Minio:
+    access_key, secret_key = keys or (settings.access_key, settings.secret_key)
+    token = settings.session_token if keys is None else None
     return Minio(
         endpoint,
-        access_key=settings.access_key.get_secret_value(),
-        secret_key=settings.secret_key.get_secret_value(),
+        access_key=access_key.get_secret_value() if access_key else None,
+        secret_key=secret_key.get_secret_value() if secret_key else None,
+        session_token=token.get_secret_value() if token else None,
         secure=secure,
         region=settings.region,
         http_client=_http_client(),
@@ -197,6 +299,37 @@ class ArtifactStore:
         self._client = _client(settings.endpoint, settings.secure, settings)
         # Signing is local (region given), so a public host the operator cannot reach works.
         self._signer = _public_client(settings)
+
+    def archiver_session(self, prefix: str, seconds: int) -> SessionCredentials:
+        """STS credentials for one archiver: :func:`archiver_policy` on ``prefix``, expiring
+        after ``seconds`` (at least :data:`MIN_SESSION_SECONDS`)."""
+        settings = self.settings
+        scheme = "https" if settings.secure else "http"
+        provider = AssumeRoleProvider(
+            sts_endpoint=settings.sts_endpoint or f"{scheme}://{settings.endpoint}",
+            access_key=settings.access_key.get_secret_value(),
+            secret_key=settings.secret_key.get_secret_value(),
+            duration_seconds=max(MIN_SESSION_SECONDS, seconds),
+            policy=json.dumps(archiver_policy(self.bucket, prefix), separators=(",", ":")),
+            region=settings.region,
+            role_arn=settings.archiver_role_arn,
+            role_session_name="codingjob-" + hashlib.sha256(prefix.encode()).hexdigest()[:16],
+            http_client=_http_client(),
+        )
+        credentials = _call(provider.retrieve)
+        if credentials.session_token is None:
+            raise PermanentStorageError("STS AssumeRole returned no session token")
+        return SessionCredentials(
+            access_key=credentials.access_key,
+            secret_key=credentials.secret_key,
+            session_token=credentials.session_token,
+            # The SDK parses STS's UTC expiry without a zone.
+            expires_at=(
+                credentials.expiration.replace(tzinfo=datetime.UTC)
+                if credentials.expiration is not None and credentials.expiration.tzinfo is None
+                else credentials.expiration
+            ),
+        )
 
     def ensure_bucket(self) -> None:
         """Make sure the bucket exists, creating it when the settings allow."""
@@ -332,3 +465,53 @@ class ArtifactStore:
             )
 
         _call(run)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A user of the store: its keys."""
+
+    access_key: str
+    secret_key: str
+
+
+def provision(
+    endpoint: str,
+    root: Identity,
+    bucket: str,
+    operator: Identity,
+    signer: Identity,
+    *,
+    secure: bool = False,
+    region: str = "us-east-1",
+) -> None:
+    """With MinIO's root user: create the bucket, the operator's bucket-scoped user and the
+    read-only URL signer, each with its policy (idempotent: run again on every upgrade)."""
+
+    def run() -> None:
+        admin = MinioAdmin(
+            endpoint=endpoint,
+            credentials=StaticProvider(root.access_key, root.secret_key),
+            region=region,
+            secure=secure,
+            http_client=_http_client(),
+        )
+        client = Minio(
+            endpoint,
+            access_key=root.access_key,
+            secret_key=root.secret_key,
+            secure=secure,
+            region=region,
+            http_client=_http_client(),
+        )
+        if not client.bucket_exists(bucket):
+            client.make_bucket(bucket, location=region)
+        for name, identity, policy in (
+            (f"codingjob-operator-{bucket}", operator, operator_policy(bucket)),
+            (f"codingjob-signer-{bucket}", signer, signer_policy(bucket)),
+        ):
+            admin.policy_add(name, policy=policy)
+            admin.user_add(identity.access_key, identity.secret_key)
+            admin.policy_set(name, user=identity.access_key)
+
+    _call(run)

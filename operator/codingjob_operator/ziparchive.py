@@ -1,46 +1,102 @@
-"""ZIP entries for a workspace tree, streamed: the archive is produced chunk by chunk, never whole.
+"""The ZIP archive of a workspace tree, streamed chunk by chunk, compressed on several threads.
 
-The tree is walked through directory file descriptors with ``O_NOFOLLOW``, so a symlink anywhere
-in the (untrusted) workspace is stored as a link and never followed, not even by a race. Entry
-names are relative, ``/``-separated, never absolute and never contain ``..``.
+The workspace is untrusted (the agent wrote it), so the archive is bounded and honest:
+
+* The tree is walked iteratively through directory file descriptors with ``O_NOFOLLOW``: a
+  symlink is never followed, not even by a race, and no recursion limit applies.
+* Each inode's data is stored once: further hard links become links to the first name.
+* A sparse file is read only when its holes are small (:data:`HOLE_LIMIT`); reads are bounded by
+  what is allocated, never by the apparent size (``truncate -s 8E``).
+* Symlinks are kept only when their target is relative and resolves inside the workspace (an
+  extractor must never be led to write outside its folder).
+* Names are made safe for Windows and POSIX extractors, collisions (also case-insensitive ones)
+  avoided; special files, unreadable and unsafe entries are skipped. Every renamed, linked or
+  skipped entry is listed with its original name in :data:`MANIFEST_NAME`, the last entry.
+* Memory is bounded: the central directory and the manifest are spooled to a temporary file;
+  only one directory's listing at a time is held.
+
+Why not ``stream-zip`` (used before): it deflates every member on the calling thread and keeps
+the central directory in memory; parallel compression of independent pieces (pigz's scheme) and
+a spooled directory need control of the byte layout, which is what this module writes.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import datetime
+import functools
+import hashlib
+import json
 import logging
 import os
+import re
 import stat
+import struct
+import tempfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
-
-from stream_zip import ZIP_AUTO, MemberFile, Method, stream_zip
+from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
-#: Deflate level: zlib's default, the same as ``zip -r``.
-DEFLATE_LEVEL = 6
-#: How much of a file is read (and deflated) at a time.
-READ_SIZE = 256 * 1024
-#: Size of the chunks the archive stream yields.
-CHUNK_SIZE = 1024 * 1024
-#: Files from this size on are sampled (two pieces of SNIFF_SIZE) before choosing the level.
-SNIFF_MIN_SIZE = 512 * 1024
-SNIFF_SIZE = 32 * 1024
-#: A sample that deflates to more than this share of its size is treated as incompressible.
+#: Deflate level for compressible data. Level 1 is ~3x faster than zip's 6 for ~15% more bytes.
+DEFLATE_LEVEL = 1
+#: Files are compressed in independent pieces of this size (pigz's scheme), on several threads.
+PIECE_SIZE = 1024 * 1024
+#: Each piece is primed with this much of the data before it, so pieces compress as one stream.
+DICTIONARY_SIZE = 32 * 1024
+#: Small files are batched into one task up to this many bytes or files.
+BATCH_BYTES = 1024 * 1024
+BATCH_FILES = 256
+#: Raw bytes handed to the compressing threads and not yet written: the memory bound.
+IN_FLIGHT_BYTES = 16 * 1024 * 1024
+#: Pieces of one large file compressed ahead of the one being written.
+LOOKAHEAD = 8
+#: Pieces from this size on are sampled before choosing the level.
+SNIFF_MIN_SIZE = 64 * 1024
+SNIFF_SIZE = 16 * 1024
+#: A sample that deflates to more than this share of its size is stored (level 0).
 INCOMPRESSIBLE_RATIO = 0.97
+#: A file with more holes than this is not expanded into the archive (its data would be zeros).
+HOLE_LIMIT = 64 * 1024 * 1024
+#: Deeper directories are skipped: each level holds one open descriptor.
+MAX_DEPTH = 256
+#: Names longer than this (UTF-8 bytes) are shortened: most file systems allow 255.
+MAX_COMPONENT_BYTES = 255
+#: The list of renamed, linked and skipped entries, written last, one JSON object per line.
+MANIFEST_NAME = ".codingjob-manifest.jsonl"
+#: Output chunks are coalesced to about this size.
+CHUNK_SIZE = 1024 * 1024
+#: The central directory and the manifest stay in memory up to this size, then go to disk.
+SPOOL_MEMORY = 4 * 1024 * 1024
 
 # DOS timestamps start in 1980 and the Unix timestamp extra field is a signed 32-bit number.
 _MIN_TIME = datetime.datetime(1980, 1, 1, tzinfo=datetime.UTC)
 _MAX_TIME = datetime.datetime(2038, 1, 19, tzinfo=datetime.UTC)
-
-Kind = Literal["dir", "file", "symlink"]
+# Characters that Windows forbids in names, or that extractors read as separators.
+_FORBIDDEN = frozenset('\\/:*?"<>|')
+_RESERVED = frozenset(
+    ["con", "prn", "aux", "nul"]
+    + [f"{d}{n}" for d in ("com", "lpt") for n in [*"123456789", "¹", "²", "³"]]
+)
+_UNSAFE_CHAR = re.compile(r'[\x00-\x1f\x7f\\/:*?"<>|\ud800-\udfff]')
+_ZIP64_LIMIT = 0xFFFFFFFF
+#: Files from this size on get zip64 sizes in their data descriptor (deflate may grow data).
+_ZIP64_FILE = _ZIP64_LIMIT - (1 << 24)
+_UTF8 = 1 << 11
+_DESCRIPTOR = 1 << 3
+_DEFLATED = 8
+_STORED = 0
 
 
 class UnsafeNameError(ValueError):
     """An entry name would be absolute or escape the archive root."""
+
+
+class ArchiveTooLargeError(Exception):
+    """The archive grew beyond its maximum size."""
 
 
 @dataclass
@@ -50,37 +106,15 @@ class ArchiveStats:
     files: int = 0
     dirs: int = 0
     symlinks: int = 0
+    hardlinks: int = 0
     bytes_in: int = 0
-    skipped: list[str] = field(default_factory=list)
+    skipped: int = 0
+    renamed: int = 0
 
     @property
     def entries(self) -> int:
-        """Files and symlinks: the things a user counts as files (directories excluded)."""
-        return self.files + self.symlinks
-
-
-def entry_name(parts: Iterable[str]) -> str:
-    """Join path components into a ZIP entry name, rejecting anything that could escape the root."""
-    cleaned = []
-    for part in parts:
-        if part in ("", ".", "..") or "/" in part or "\0" in part:
-            raise UnsafeNameError(f"unsafe path component {part!r}")
-        cleaned.append(_printable(part))
-    if not cleaned:
-        raise UnsafeNameError("empty entry name")
-    return "/".join(cleaned)
-
-
-def _printable(part: str) -> str:
-    """The component as valid UTF-8; a raw-bytes name keeps a visible escape."""
-    try:
-        part.encode("utf-8")
-    except UnicodeEncodeError:
-        raw = os.fsencode(part)
-        fixed = raw.decode("utf-8", "backslashreplace")
-        log.warning("name %r is not UTF-8; stored as %r", raw, fixed)
-        return fixed
-    return part
+        """Files and links: the things a user counts as files (directories excluded)."""
+        return self.files + self.symlinks + self.hardlinks
 
 
 def zip_time(mtime: float) -> datetime.datetime:
@@ -89,144 +123,810 @@ def zip_time(mtime: float) -> datetime.datetime:
     return min(max(when, _MIN_TIME), _MAX_TIME)
 
 
-def _compressobj() -> zlib._Compress:
-    return zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+# Names.
 
 
-def _file_method(size: int, level: int = DEFLATE_LEVEL) -> Method:
-    # ZIP_AUTO picks zip64 only when the size or the offset needs it, so small archives stay
-    # readable by old tools while files and archives beyond 4 GiB are correct.
-    return ZIP_AUTO(size, level=level)
+def _safe_char(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8 (os.fsdecode's surrogateescape)
+        return f"%{code - 0xDC00:02X}"
+    if code < 0x20 or code == 0x7F or char in _FORBIDDEN or 0xD800 <= code <= 0xDFFF:
+        return "_"
+    return char
 
 
-def deflate_level(fd: int, size: int) -> int:
-    """The deflate level for a file: 0 (stored blocks) when samples of it do not compress.
+def safe_component(name: str) -> str:
+    """``name`` (one path component, surrogate-escaped when not UTF-8) as a portable name.
+
+    Control and Windows-forbidden characters become ``_``, undecodable bytes ``%XX``; a trailing
+    dot or space (Windows drops them) and device names (``CON``, ``nul.txt``) get a ``_``; a name
+    longer than 255 bytes is cut and keeps a hash of the original.
+    """
+    safe = "".join(map(_safe_char, name)) if _UNSAFE_CHAR.search(name) else name
+    if safe.endswith((".", " ")):
+        safe = safe[:-1] + "_"
+    if safe.split(".", 1)[0].rstrip(" ").casefold() in _RESERVED:
+        safe = "_" + safe
+    if len(safe.encode("utf-8")) > MAX_COMPONENT_BYTES:
+        digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+        cut = safe.encode("utf-8")[: MAX_COMPONENT_BYTES - 13].decode("utf-8", "ignore")
+        safe = f"{cut}~{digest}"
+    return safe
+
+
+def unique_component(safe: str, used: set[str]) -> str:
+    """``safe``, or ``stem~N.ext`` when a name equal up to case is already in ``used``."""
+    candidate = safe
+    number = 0
+    while candidate.casefold() in used:
+        number += 1
+        stem, dot, ext = safe.rpartition(".")
+        candidate = f"{stem}~{number}.{ext}" if dot and stem else f"{safe}~{number}"
+    used.add(candidate.casefold())
+    return candidate
+
+
+def entry_name(parts: tuple[str, ...] | list[str]) -> str:
+    """Join already-safe components into a ZIP entry name, rejecting anything that could escape."""
+    if not parts:
+        raise UnsafeNameError("empty entry name")
+    for part in parts:
+        if part in ("", ".", "..") or "/" in part or "\\" in part or "\0" in part:
+            raise UnsafeNameError(f"unsafe path component {part!r}")
+    return "/".join(parts)
+
+
+def link_inside(root_fd: int, link_dir: tuple[str, ...], target: str) -> bool:
+    """Whether ``target`` of a symlink in directory ``link_dir`` resolves inside the root.
+
+    Resolution follows the symlinks it meets inside the workspace, as the kernel would (a
+    lexical check alone is fooled by ``a/../x`` when ``a`` links to ``..``); a missing
+    component ends the real walk and the rest is resolved lexically.
+    """
+    if not target or target.startswith("/") or "\0" in target:
+        return False
+    parts = list(link_dir)
+    pending = collections.deque(target.split("/"))
+    real = True
+    hops = 0
+    while pending:
+        part = pending.popleft()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                return False
+            parts.pop()
+            continue
+        if real:
+            try:
+                info = os.lstat("/".join([*parts, part]), dir_fd=root_fd)
+            except OSError:
+                real = False
+            else:
+                if stat.S_ISLNK(info.st_mode):
+                    hops += 1
+                    if hops > 40:  # the kernel's own limit (ELOOP)
+                        return False
+                    try:
+                        inner = os.readlink("/".join([*parts, part]), dir_fd=root_fd)
+                    except OSError:
+                        return False
+                    if not inner or inner.startswith("/"):
+                        return False
+                    pending.extendleft(reversed(inner.split("/")))
+                    continue
+                if not stat.S_ISDIR(info.st_mode):
+                    real = False
+        parts.append(part)
+    return True
+
+
+# CRC-32 of concatenated pieces (zlib's crc32_combine, which Python's zlib does not expose).
+
+_CRC_POLY = 0xEDB88320
+
+
+def _multmodp(a: int, b: int) -> int:
+    """a(x) * b(x) modulo the CRC polynomial (reflected bit order)."""
+    m = 1 << 31
+    p = 0
+    while True:
+        if a & m:
+            p ^= b
+            if (a & (m - 1)) == 0:
+                break
+        m >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+    return p
+
+
+def _x2nmodp_table() -> list[int]:
+    table = []
+    p = 1 << 30  # x^1
+    for _ in range(64):
+        table.append(p)
+        p = _multmodp(p, p)
+    return table
+
+
+_X2N = _x2nmodp_table()
+_SHIFTS: dict[int, int] = {}
+
+
+def _xpow8n(length: int) -> int:
+    """x^(8 * length) modulo the polynomial, cached (most pieces have the same length)."""
+    cached = _SHIFTS.get(length)
+    if cached is not None:
+        return cached
+    p = 1 << 31  # x^0
+    n, k = length, 3
+    while n:
+        if n & 1:
+            p = _multmodp(_X2N[k & 63], p)
+        n >>= 1
+        k += 1
+    if len(_SHIFTS) < 64:
+        _SHIFTS[length] = p
+    return p
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
+    """CRC-32 of ``a + b`` from ``crc32(a)``, ``crc32(b)`` and ``len(b)``."""
+    return _multmodp(_xpow8n(length2), crc1) ^ crc2
+
+
+# Compression of pieces, on worker threads (zlib, crc32 and pread release the GIL).
+
+
+@dataclass(frozen=True)
+class _Piece:
+    fd: int
+    offset: int
+    length: int
+    last: bool
+
+
+def _pread_exact(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    while len(data) < length:
+        more = os.pread(fd, length - len(data), offset + len(data))
+        if not more:
+            raise OSError(f"file shrank while being read (expected {length} bytes at {offset})")
+        data += more
+    return data
+
+
+def choose_level(sample: bytes) -> int:
+    """0 (stored blocks) when ``sample`` does not compress, else :data:`DEFLATE_LEVEL`.
 
     Already-compressed data (images, archives, git packs) costs full deflate CPU for nothing;
-    level 0 still streams as deflate (no CRC needed up front), at memcpy speed.
+    level 0 still streams as deflate, at memcpy speed.
     """
-    if size < SNIFF_MIN_SIZE:
-        return DEFLATE_LEVEL
-    sample = os.pread(fd, SNIFF_SIZE, 0) + os.pread(fd, SNIFF_SIZE, size // 2)
     squeezed = zlib.compress(sample, 1, wbits=-zlib.MAX_WBITS)
     return 0 if len(squeezed) > INCOMPRESSIBLE_RATIO * len(sample) else DEFLATE_LEVEL
 
 
-def _read_chunks(fd: int) -> Iterator[bytes]:
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        while chunk := os.read(fd, READ_SIZE):
-            yield chunk
-    finally:
-        os.close(fd)
+def compress_piece(piece: _Piece) -> tuple[bytes, int]:
+    """The piece deflated (a sync-flushed fragment, or a final one), and its data's CRC-32."""
+    data = _pread_exact(piece.fd, piece.length, piece.offset)
+    crc = zlib.crc32(data)
+    level = DEFLATE_LEVEL
+    if piece.length >= SNIFF_MIN_SIZE:
+        level = choose_level(data[:SNIFF_SIZE])
+    if piece.offset and level:
+        start = max(0, piece.offset - DICTIONARY_SIZE)
+        primer = _pread_exact(piece.fd, piece.offset - start, start)
+        compressor = zlib.compressobj(
+            level, zlib.DEFLATED, -zlib.MAX_WBITS, 8, zlib.Z_DEFAULT_STRATEGY, primer
+        )
+    else:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    # A sync flush ends on a byte boundary without a final block, so the pieces of one file
+    # concatenate into one valid deflate stream; only the last piece finishes it.
+    flush = zlib.Z_FINISH if piece.last else zlib.Z_SYNC_FLUSH
+    return compressor.compress(data) + compressor.flush(flush), crc
 
 
-def walk_members(root: str | os.PathLike[str], stats: ArchiveStats) -> Iterator[MemberFile]:
-    """``stream_zip`` members for everything under ``root``, in sorted depth-first order.
-
-    Directories (empty or not) become ``name/`` entries with their mode, symlinks become link
-    entries holding the target, regular files are deflated; sockets, FIFOs and devices, and
-    entries that cannot be read, are skipped and listed in ``stats.skipped``.
-    """
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield from _walk_dir(root_fd, (), stats)
-    finally:
-        os.close(root_fd)
-
-
-def _walk_dir(dir_fd: int, prefix: tuple[str, ...], stats: ArchiveStats) -> Iterator[MemberFile]:
-    with os.scandir(dir_fd) as it:
-        names = sorted(entry.name for entry in it)
-    for name in names:
-        parts = (*prefix, name)
+def _compress_batch(pieces: list[_Piece]) -> list[tuple[bytes, int] | OSError]:
+    results: list[tuple[bytes, int] | OSError] = []
+    for piece in pieces:
         try:
-            arcname = entry_name(parts)
-            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except (OSError, UnsafeNameError) as error:
-            _skip(stats, "/".join(parts), error)
-            continue
-        mode = info.st_mode
-        modified = zip_time(info.st_mtime)
-        if stat.S_ISLNK(mode):
-            try:
-                target = os.readlink(name, dir_fd=dir_fd)
-            except OSError as error:
-                _skip(stats, arcname, error)
+            results.append(compress_piece(piece))
+        except OSError as error:
+            results.append(error)
+    return results
+
+
+# The walk.
+
+
+@dataclass
+class _Entry:
+    """One archive entry, in walk order; files carry the pieces being compressed for them."""
+
+    name: str
+    mode: int
+    mtime: float
+    data: bytes = b""  # directory: empty; symlink: the target
+    fd: int = -1
+    size: int = 0
+    #: Raw bytes this entry counts against :data:`IN_FLIGHT_BYTES` while it waits.
+    weight: int = 0
+    pieces: list[tuple[concurrent.futures.Future[list[Any]], int]] = field(default_factory=list)
+
+
+@dataclass
+class _Frame:
+    fd: int
+    safe: tuple[str, ...]
+    real: tuple[str, ...]
+    names: Iterator[str]
+    used: set[str] = field(default_factory=set)
+
+
+class _Manifest:
+    """Renamed, linked and skipped entries, spooled as JSON lines."""
+
+    def __init__(self, stats: ArchiveStats) -> None:
+        self.stats = stats
+        self.spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115  # closed by close()
+
+    def add(self, kind: str, **fields: str | int) -> None:
+        # ensure_ascii keeps undecodable bytes (surrogate escapes) as \udcXX: lossless, valid JSON.
+        self.spool.write(json.dumps({"kind": kind, **fields}).encode("ascii") + b"\n")
+
+    def skip(self, real: str, why: object) -> None:
+        log.warning("not archived: %r (%s)", real, why)
+        self.stats.skipped += 1
+        self.add("skipped", name=real, reason=str(why))
+
+    def content(self) -> Iterator[bytes]:
+        head = {"manifest": 1, **{k: v for k, v in vars(self.stats).items()}}
+        yield json.dumps(head).encode("ascii") + b"\n"
+        self.spool.seek(0)
+        while block := self.spool.read(CHUNK_SIZE):
+            yield block
+
+    def close(self) -> None:
+        self.spool.close()
+
+
+def _walk(root_fd: int, manifest: _Manifest, stats: ArchiveStats) -> Iterator[_Entry]:
+    """Entries under ``root_fd`` depth-first, names sorted per directory; opens files (``fd``)."""
+    root_used = {MANIFEST_NAME.casefold()}  # the manifest's name stays free for the manifest
+    stack = [_Frame(root_fd, (), (), iter(sorted(os.listdir(root_fd))), root_used)]
+    first_links: dict[tuple[int, int], str] = {}
+    try:
+        while stack:
+            frame = stack[-1]
+            name = next(frame.names, None)
+            if name is None:
+                stack.pop()
+                if frame.fd != root_fd:
+                    os.close(frame.fd)
                 continue
-            stats.symlinks += 1
-            # The link's own mode word (S_IFLNK) is what tells unzip to recreate a symlink.
-            yield (
-                arcname,
-                modified,
-                stat.S_IFLNK | 0o777,
-                _file_method(len(target)),
-                (os.fsencode(target),),
-            )
-        elif stat.S_ISDIR(mode):
+            real = "/".join((*frame.real, name))
             try:
-                sub_fd = os.open(
-                    name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
-                )
+                info = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)
             except OSError as error:
-                _skip(stats, arcname + "/", error)
+                manifest.skip(real, error)
                 continue
-            try:
+            safe = unique_component(safe_component(name), frame.used)
+            arcname = entry_name((*frame.safe, safe))
+            mode = info.st_mode
+            kind = stat.S_IFMT(mode)
+            if kind not in (stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK):
+                manifest.skip(real, f"special file ({stat.filemode(mode)[0]})")
+                continue
+            if safe != name:
+                stats.renamed += 1
+                manifest.add("renamed", name=arcname, original=real)
+            if kind == stat.S_IFDIR:
+                if len(stack) > MAX_DEPTH:
+                    manifest.skip(real, f"deeper than {MAX_DEPTH} directories")
+                    continue
+                try:
+                    sub_fd = os.open(
+                        name,
+                        os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        dir_fd=frame.fd,
+                    )
+                except OSError as error:
+                    manifest.skip(real, error)
+                    continue
+                try:
+                    listing = iter(sorted(os.listdir(sub_fd)))
+                except OSError as error:
+                    os.close(sub_fd)
+                    manifest.skip(real, error)
+                    continue
                 stats.dirs += 1
-                yield arcname + "/", modified, mode, _file_method(0), ()
-                yield from _walk_dir(sub_fd, parts, stats)
-            finally:
-                os.close(sub_fd)
-        elif stat.S_ISREG(mode):
-            try:
-                # O_NOFOLLOW|O_NONBLOCK: a name swapped for a symlink or FIFO after the stat must
-                # neither leak a file outside the workspace nor hang the archiver.
-                fd = os.open(
-                    name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+                yield _Entry(arcname + "/", mode, info.st_mtime)
+                stack.append(_Frame(sub_fd, (*frame.safe, safe), (*frame.real, name), listing))
+            elif kind == stat.S_IFLNK:
+                try:
+                    target = os.readlink(name, dir_fd=frame.fd)
+                except OSError as error:
+                    manifest.skip(real, error)
+                    continue
+                # Why: an extractor recreates the link as stored; one pointing outside the
+                # folder (absolute, ../) would make later writes or readers escape it.
+                if not link_inside(root_fd, frame.real, target):
+                    manifest.skip(real, f"symlink target {target!r} is outside the workspace")
+                    continue
+                if any(
+                    p not in ("", ".", "..") and safe_component(p) != p for p in target.split("/")
+                ):
+                    manifest.skip(real, f"symlink target {target!r} has names unsafe on Windows")
+                    continue
+                stats.symlinks += 1
+                yield _Entry(arcname, stat.S_IFLNK | 0o777, info.st_mtime, os.fsencode(target))
+            else:
+                if info.st_size == 0:
+                    # Nothing to read: stored as it is, without opening it.
+                    entry, opened = _Entry(arcname, info.st_mode, info.st_mtime), info
+                else:
+                    found = _open_file(frame.fd, name, real, arcname, manifest)
+                    if found is None:
+                        continue
+                    entry, opened = found
+                if opened.st_nlink > 1:
+                    inode = (opened.st_dev, opened.st_ino)
+                    first = first_links.get(inode)
+                    if first is not None:
+                        if entry.fd >= 0:
+                            os.close(entry.fd)
+                        # Each inode's data once: the other names link to the first one,
+                        # relative and inside the archive by construction.
+                        target = "../" * len(frame.safe) + first
+                        stats.hardlinks += 1
+                        manifest.add("hardlink", name=arcname, target=first, original=real)
+                        yield _Entry(arcname, stat.S_IFLNK | 0o777, info.st_mtime, target.encode())
+                        continue
+                    first_links[inode] = arcname
+                stats.files += 1
+                yield entry
+    finally:
+        for frame in stack:
+            if frame.fd != root_fd:
+                os.close(frame.fd)
+
+
+def _open_file(
+    dir_fd: int, name: str, real: str, arcname: str, manifest: _Manifest
+) -> tuple[_Entry, os.stat_result] | None:
+    try:
+        # O_NOFOLLOW|O_NONBLOCK: a name swapped for a symlink or FIFO after the stat must
+        # neither leak a file outside the workspace nor hang the archiver.
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
+    except OSError as error:
+        manifest.skip(real, error)
+        return None
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            raise OSError("no longer a regular file")
+        holes = opened.st_size - data_bytes(fd, opened)
+        if holes > HOLE_LIMIT:
+            # Why: `truncate -s 8E` costs the agent nothing; expanding it would fill the store.
+            raise OSError(
+                f"sparse file: {opened.st_size} bytes apparent, {holes} of them holes "
+                f"(limit {HOLE_LIMIT})"
+            )
+    except OSError as error:
+        os.close(fd)
+        manifest.skip(real, error)
+        return None
+    return _Entry(arcname, opened.st_mode, opened.st_mtime, fd=fd, size=opened.st_size), opened
+
+
+def data_bytes(fd: int, info: os.stat_result) -> int:
+    """Bytes of ``fd`` that are data, not holes: bounded by the blocks actually allocated.
+
+    ``st_blocks`` alone undercounts on compressing file systems (ZFS, btrfs), so a file that
+    looks sparse by its blocks has its data extents measured with ``SEEK_DATA``/``SEEK_HOLE``.
+    """
+    allocated = info.st_blocks * 512
+    if allocated + HOLE_LIMIT >= info.st_size:
+        return info.st_size
+    data = 0
+    offset = 0
+    try:
+        for _ in range(100_000):
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            data += end - start
+            offset = end
+            if offset >= info.st_size:
+                break
+        else:
+            return allocated  # too fragmented to measure: trust the blocks
+    except OSError:  # ENXIO: no data after offset; EINVAL: not supported
+        pass
+    return max(data, allocated) if data else allocated
+
+
+# The ZIP layout.
+
+
+@functools.lru_cache(maxsize=4096)
+def _times(mtime: float) -> tuple[int, int, bytes]:
+    """DOS time and date, and the Unix-time extra field, of a modification time."""
+    when = zip_time(mtime)
+    return (
+        (when.hour << 11) | (when.minute << 5) | (when.second // 2),
+        ((when.year - 1980) << 9) | (when.month << 5) | when.day,
+        struct.pack("<HHBi", 0x5455, 5, 1, int(when.timestamp())),
+    )
+
+
+@dataclass
+class _Writer:
+    """Writes entries as bytes to ``emit`` and their central directory records to a spool."""
+
+    emit: Callable[[bytes], None]
+    max_size: int | None
+    offset: int = 0
+    count: int = 0
+    directory: IO[bytes] = field(
+        default_factory=lambda: tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
+    )
+
+    def write(self, data: bytes) -> None:
+        self.offset += len(data)
+        if self.max_size is not None and self.offset > self.max_size:
+            raise ArchiveTooLargeError(
+                f"the workspace archive exceeds the maximum archive size of {self.max_size} bytes"
+            )
+        self.emit(data)
+
+    def _header(
+        self,
+        name: bytes,
+        flags: int,
+        method: int,
+        mtime: float,
+        crc: int,
+        csize: int,
+        usize: int,
+        zip64: bool = False,
+    ) -> tuple[bytes, int, int]:
+        dos_time, dos_date, extra = _times(mtime)
+        csize32, usize32 = csize, usize
+        if zip64:
+            # Sizes follow in the (8-byte) data descriptor; the extra field announces zip64.
+            extra += struct.pack("<HHQQ", 0x0001, 16, 0, 0)
+            csize32 = usize32 = _ZIP64_LIMIT
+        header = struct.pack(
+            "<IHHHHHIIIHH",
+            0x04034B50,
+            45 if zip64 else 20,
+            flags,
+            method,
+            dos_time,
+            dos_date,
+            crc,
+            csize32,
+            usize32,
+            len(name),
+            len(extra),
+        )
+        return header + name + extra, dos_time, dos_date
+
+    def entry_known(self, entry: _Entry) -> None:
+        """Write an entry whose bytes are at hand (directory, link), stored with its CRC."""
+        name = entry.name.encode("utf-8")
+        start = self.offset
+        size = len(entry.data)
+        crc = zlib.crc32(entry.data)
+        header, dos_time, dos_date = self._header(
+            name, _UTF8, _STORED, entry.mtime, crc, size, size
+        )
+        self.write(header)
+        if entry.data:
+            self.write(entry.data)
+        self._record(name, _UTF8, _STORED, dos_time, dos_date, crc, size, size, start, entry)
+
+    def entry_streamed(
+        self,
+        entry: _Entry,
+        chunks: Callable[[], Iterator[bytes]],
+        crc: Callable[[], int],
+        usize: Callable[[], int] | None = None,
+    ) -> Iterator[None]:
+        """Write a deflated entry from ``chunks()``; CRC (and size) are known once they end.
+
+        A generator: it pauses after each chunk, so the caller can pass the bytes on before the
+        next one (a large file never sits in memory whole). ``entry.size`` is the file's size;
+        ``usize`` gives it afterwards when it was unknown.
+        """
+        name = entry.name.encode("utf-8")
+        start = self.offset
+        zip64 = entry.size >= _ZIP64_FILE
+        flags = _UTF8 | _DESCRIPTOR
+        header, dos_time, dos_date = self._header(
+            name, flags, _DEFLATED, entry.mtime, 0, 0, 0, zip64
+        )
+        self.write(header)
+        csize = 0
+        for chunk in chunks():
+            csize += len(chunk)
+            self.write(chunk)
+            yield
+        size = usize() if usize is not None else entry.size
+        if zip64:
+            self.write(struct.pack("<IIQQ", 0x08074B50, crc(), csize, size))
+        else:
+            if csize >= _ZIP64_LIMIT or size >= _ZIP64_LIMIT:
+                raise ArchiveTooLargeError(f"{entry.name}: grew beyond 4 GiB while being read")
+            self.write(struct.pack("<IIII", 0x08074B50, crc(), csize, size))
+        self._record(name, flags, _DEFLATED, dos_time, dos_date, crc(), csize, size, start, entry)
+
+    def _record(
+        self,
+        name: bytes,
+        flags: int,
+        method: int,
+        dos_time: int,
+        dos_date: int,
+        crc: int,
+        csize: int,
+        usize: int,
+        offset: int,
+        entry: _Entry,
+    ) -> None:
+        extra64 = b""
+        fields = []
+        if usize >= _ZIP64_LIMIT:
+            fields.append(usize)
+            usize = _ZIP64_LIMIT
+        if csize >= _ZIP64_LIMIT:
+            fields.append(csize)
+            csize = _ZIP64_LIMIT
+        if offset >= _ZIP64_LIMIT:
+            fields.append(offset)
+            offset = _ZIP64_LIMIT
+        if fields:
+            extra64 = struct.pack(f"<HH{len(fields)}Q", 0x0001, 8 * len(fields), *fields)
+        extra = _times(entry.mtime)[2] + extra64
+        external = (entry.mode & 0xFFFF) << 16 | (0x10 if stat.S_ISDIR(entry.mode) else 0)
+        record = struct.pack(
+            "<IHHHHHHIIIHHHHHII",
+            0x02014B50,
+            (3 << 8) | 45,  # made by Unix, so extractors apply the mode bits
+            45 if extra64 else 20,
+            flags,
+            method,
+            dos_time,
+            dos_date,
+            crc,
+            csize,
+            usize,
+            len(name),
+            len(extra),
+            0,
+            0,
+            0,
+            external,
+            offset,
+        )
+        self.directory.write(record + name + extra)
+        self.count += 1
+
+    def finish(self) -> Iterator[None]:
+        """Write the spooled central directory and the end records; a generator pausing after
+        each block (a million entries make a directory of about 100 MB)."""
+        start = self.offset
+        self.directory.seek(0)
+        while block := self.directory.read(CHUNK_SIZE):
+            self.write(block)
+            yield
+        size = self.offset - start
+        if self.count >= 0xFFFF or start >= _ZIP64_LIMIT or size >= _ZIP64_LIMIT:
+            end64 = self.offset
+            self.write(
+                struct.pack(
+                    "<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, self.count, self.count, size, start
                 )
-                opened = os.fstat(fd)
-            except OSError as error:
-                _skip(stats, arcname, error)
-                continue
-            if not stat.S_ISREG(opened.st_mode):
-                os.close(fd)
-                _skip(stats, arcname, "no longer a regular file")
-                continue
-            try:
-                level = deflate_level(fd, opened.st_size)
-            except OSError as error:
-                os.close(fd)
-                _skip(stats, arcname, error)
-                continue
-            stats.files += 1
-            yield (
-                arcname,
-                modified,
-                opened.st_mode,
-                _file_method(opened.st_size, level),
-                _counted(_read_chunks(fd), stats),
+            )
+            self.write(struct.pack("<IIQI", 0x07064B50, 0, end64, 1))
+            self.write(
+                struct.pack(
+                    "<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, _ZIP64_LIMIT, _ZIP64_LIMIT, 0
+                )
             )
         else:
-            _skip(stats, arcname, f"special file (mode {stat.filemode(mode)})")
+            self.write(
+                struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, self.count, self.count, size, start, 0)
+            )
+        self.directory.close()
 
 
-def _counted(chunks: Iterator[bytes], stats: ArchiveStats) -> Iterator[bytes]:
-    for chunk in chunks:
-        stats.bytes_in += len(chunk)
-        yield chunk
+def default_workers() -> int:
+    """Compressing threads: the CPUs this process may run on, at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0))))
 
 
-def _skip(stats: ArchiveStats, name: str, why: object) -> None:
-    log.warning("not archived: %s (%s)", name, why)
-    stats.skipped.append(name)
+def stream_workspace(
+    root: str | os.PathLike[str],
+    stats: ArchiveStats,
+    *,
+    max_size: int | None = None,
+    workers: int | None = None,
+) -> Iterator[bytes]:
+    """The ZIP archive of ``root`` as a stream of chunks; ``stats`` is complete once it ends.
 
+    Raises :class:`ArchiveTooLargeError` once the archive passes ``max_size`` bytes, and
+    ``OSError`` when a file fails in the middle of being read (the stream is then unusable).
+    """
+    out: list[bytes] = []
+    buffered = 0
 
-def stream_workspace(root: str | os.PathLike[str], stats: ArchiveStats) -> Iterator[bytes]:
-    """The ZIP archive of ``root`` as a stream of chunks; ``stats`` is complete once it ends."""
-    return iter(
-        stream_zip(
-            walk_members(root, stats),
-            chunk_size=CHUNK_SIZE,
-            get_compressobj=_compressobj,
-        )
+    def emit(data: bytes) -> None:
+        nonlocal buffered
+        out.append(data)
+        buffered += len(data)
+
+    writer = _Writer(emit, max_size)
+    manifest = _Manifest(stats)
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=workers or default_workers(), thread_name_prefix="deflate"
     )
+    pending: collections.deque[_Entry] = collections.deque()
+    batch: list[_Piece] = []
+    batch_bytes = 0
+    in_flight = 0
+
+    def submit() -> None:
+        nonlocal batch, batch_bytes
+        if batch:
+            future = pool.submit(_compress_batch, batch)
+            owners = batch_owners[:]
+            for index, owner in enumerate(owners):
+                owner.pieces.append((future, index))
+            batch, batch_bytes = [], 0
+            batch_owners.clear()
+
+    batch_owners: list[_Entry] = []
+
+    def submit_piece(entry: _Entry, offset: int) -> None:
+        length = min(PIECE_SIZE, entry.size - offset)
+        piece = _Piece(entry.fd, offset, length, offset + length >= entry.size)
+        entry.pieces.append((pool.submit(_compress_batch, [piece]), 0))
+
+    def write_head() -> Iterator[bytes]:
+        nonlocal in_flight
+        entry = pending.popleft()
+        try:
+            for _ in _write_entry(writer, entry, manifest, stats, submit_piece):
+                yield from drain()
+        finally:
+            if entry.fd >= 0:
+                os.close(entry.fd)
+                entry.fd = -1
+            in_flight -= entry.weight
+
+    def drain() -> Iterator[bytes]:
+        nonlocal buffered
+        if buffered >= CHUNK_SIZE:
+            yield b"".join(out)
+            out.clear()
+            buffered = 0
+
+    try:
+        for entry in _walk(root_fd, manifest, stats):
+            if entry.fd >= 0:
+                if entry.size <= PIECE_SIZE:
+                    batch.append(_Piece(entry.fd, 0, entry.size, True))
+                    batch_owners.append(entry)
+                    batch_bytes += entry.size
+                    if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_FILES:
+                        submit()
+                    entry.weight = max(entry.size, 1)
+                else:
+                    submit()
+                    # A window of pieces ahead; the rest are submitted as these are written.
+                    for offset in range(0, min(entry.size, LOOKAHEAD * PIECE_SIZE), PIECE_SIZE):
+                        submit_piece(entry, offset)
+                    entry.weight = min(entry.size, LOOKAHEAD * PIECE_SIZE)
+                in_flight += entry.weight
+            pending.append(entry)
+            while in_flight > IN_FLIGHT_BYTES or len(pending) > 4 * BATCH_FILES:
+                submit()
+                yield from write_head()
+        submit()
+        while pending:
+            yield from write_head()
+        manifest_entry = _Entry(MANIFEST_NAME, stat.S_IFREG | 0o644, _now())
+        for _ in _write_manifest(writer, manifest_entry, manifest):
+            yield from drain()
+        for _ in writer.finish():
+            yield from drain()
+        if out:
+            yield b"".join(out)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for entry in pending:
+            if entry.fd >= 0:
+                os.close(entry.fd)
+        os.close(root_fd)
+        manifest.close()
+        writer.directory.close()
+
+
+def _now() -> float:
+    return datetime.datetime.now(datetime.UTC).timestamp()
+
+
+def _write_entry(
+    writer: _Writer,
+    entry: _Entry,
+    manifest: _Manifest,
+    stats: ArchiveStats,
+    submit_piece: Callable[[_Entry, int], None],
+) -> Iterator[None]:
+    """Write ``entry`` (a generator pausing after each chunk); a file's later pieces are
+    submitted as earlier ones are written, keeping :data:`LOOKAHEAD` pieces in flight."""
+    if entry.fd < 0:
+        writer.entry_known(entry)
+        return
+    future, index = entry.pieces[0]
+    first = future.result()[index]
+    if isinstance(first, OSError):
+        # Nothing written yet: the file is skipped, not the archive.
+        stats.files -= 1
+        manifest.skip(entry.name, first)
+        return
+    crc = first[1]
+    total = max(1, -(-entry.size // PIECE_SIZE))  # pieces in all
+    submitted = len(entry.pieces)
+    # Written pieces are let go of: only the window holds results.
+    window = collections.deque(entry.pieces[1:])
+    entry.pieces.clear()
+    head: list[bytes] = [first[0]]
+    del first, future
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal crc, submitted
+        yield head.pop()
+        for number in range(2, total + 1):
+            if submitted * PIECE_SIZE < entry.size:
+                submit_piece(entry, submitted * PIECE_SIZE)
+                window.append(entry.pieces.pop())
+                submitted += 1
+            later, at = window.popleft()
+            result = later.result()[at]
+            del later
+            if isinstance(result, OSError):
+                raise result  # mid-entry: the stream cannot be repaired
+            length = PIECE_SIZE if number < total else entry.size - PIECE_SIZE * (total - 1)
+            crc = crc32_combine(crc, result[1], length)
+            data = result[0]
+            del result
+            yield data
+            del data
+
+    stats.bytes_in += entry.size
+    # The CRC is complete only after the chunks: it goes into the data descriptor.
+    yield from writer.entry_streamed(entry, chunks, lambda: crc)
+
+
+def _write_manifest(writer: _Writer, entry: _Entry, manifest: _Manifest) -> Iterator[None]:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    crc = 0
+    size = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal crc, size
+        for block in manifest.content():
+            crc = zlib.crc32(block, crc)
+            size += len(block)
+            yield compressor.compress(block)
+        yield compressor.flush()
+
+    entry.size = 0
+    yield from writer.entry_streamed(entry, chunks, lambda: crc, lambda: size)

@@ -215,8 +215,9 @@ def test_happy_path(jobs: Jobs, minio_forward: int, kube_api: client.ApiClient) 
     )
 
     wide = jobs.kubectl("get", "cjob", name, "-n", jobs.namespace, "-o", "wide").stdout
-    assert "URL" in wide.splitlines()[0]
-    assert done["downloadURL"] in wide
+    assert "URL-EXPIRES" in wide.splitlines()[0]
+    assert str(done["artifact"]["size"]) in wide
+    assert done["downloadURL"] not in wide  # the URL stays in status
     no_operator_errors(jobs, kube_api, started)
 
 
@@ -416,7 +417,7 @@ def test_printer_columns(jobs: Jobs) -> None:
         .stdout.splitlines()[0]
         .split()
     )
-    assert "URL" in wide
+    assert "SIZE" in wide and "URL-EXPIRES" in wide
     jobs.kubectl("delete", "cjob", "columns", "-n", jobs.namespace, "--wait=false")
 
 

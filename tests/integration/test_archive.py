@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from codingjob_operator.storage import ArtifactStore, StorageSettings
+from codingjob_operator.ziparchive import MANIFEST_NAME
 
 from tests.fixtures.minio import MinioServer, free_port
 from tests.fixtures.process import high_water_rss
@@ -225,7 +226,11 @@ def test_round_trip_with_bounded_memory(
     assert report["bucket"] == bucket_name
     assert report["key"] == KEY
     assert report["transcriptKey"] == TRANSCRIPT_KEY
-    assert report["files"] == sum(1 for kind, _, _ in source.values() if kind != "dir")
+    # Links leading outside the workspace are left out (and listed in the manifest).
+    outside = {"outside-file", "outside-dir"}
+    kept = {path: entry for path, entry in source.items() if path not in outside}
+    assert report["files"] == sum(1 for kind, _, _ in kept.values() if kind != "dir")
+    assert report["skipped"] == len(outside)
     print(f"archiver peak RSS {run.max_rss / MiB:.1f} MiB")
     assert 0 < run.max_rss < MAX_RSS, f"archiver peak RSS {run.max_rss / MiB:.1f} MiB"
     assert snapshot(workspace) == source  # nothing written
@@ -247,9 +252,13 @@ def test_round_trip_with_bounded_memory(
 
     extracted = scratch / "extracted"
     subprocess.run(["unzip", "-q", str(downloaded), "-d", str(extracted)], check=True)
-    assert snapshot(extracted) == source
-    # Links came back as links; what they point to outside the workspace was not archived.
-    assert os.readlink(extracted / "outside-dir") == "/etc"
+    manifest = (extracted / MANIFEST_NAME).read_text().splitlines()
+    (extracted / MANIFEST_NAME).unlink()
+    assert snapshot(extracted) == kept
+    # Links came back as links; those leading outside the workspace are listed, not stored.
+    assert os.readlink(extracted / "link-to-dir") == "src/app"
+    skipped = [json.loads(line) for line in manifest[1:]]
+    assert sorted(r["name"] for r in skipped if r["kind"] == "skipped") == sorted(outside)
     listing = subprocess.run(
         ["unzip", "-Z1", str(downloaded)], check=True, capture_output=True, text=True
     ).stdout.splitlines()
@@ -330,7 +339,11 @@ def test_upload_survives_a_minio_outage(
     assert fetch(url, downloaded) == (200, run.message["sha256"])
     extracted = scratch / "extracted"
     subprocess.run(["unzip", "-q", str(downloaded), "-d", str(extracted)], check=True)
-    assert snapshot(extracted) == snapshot(workspace)
+    (extracted / MANIFEST_NAME).unlink()
+    outside = {"outside-file", "outside-dir"}  # links out of the workspace are listed, not kept
+    assert snapshot(extracted) == {
+        path: entry for path, entry in snapshot(workspace).items() if path not in outside
+    }
 
 
 def test_a_transcript_symlink_is_not_followed(
@@ -343,7 +356,8 @@ def test_a_transcript_symlink_is_not_followed(
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.message["transcriptKey"] is None
     assert store_for(minio, bucket_name).stat(TRANSCRIPT_KEY) is None
-    assert run.message["files"] == 1  # the link itself is in the ZIP, as a link
+    # The link leads out of the workspace: not in the ZIP either, only listed as skipped.
+    assert (run.message["files"], run.message["skipped"]) == (0, 1)
 
 
 def test_bad_credentials_are_a_permanent_error(

@@ -252,3 +252,26 @@ The operator's rules on namespaced resources, one per purpose (README: Permissio
 {{- define "codingjob-operator.relay.url" -}}
 {{- printf "http://%s.%s.svc:%d/v1" (include "codingjob-operator.relay.fullname" .) .Release.Namespace (int .Values.relay.port) }}
 {{- end }}
+
+{{/*
+Name of the Secret with the operator's own storage identity: with the bundled MinIO a
+bucket-scoped user the setup hook creates (the root user stays with MinIO), else existingSecret.
+*/}}
+{{- define "codingjob-operator.storage.operatorSecretName" -}}
+{{- if include "codingjob-operator.minio.enabled" . }}
+{{- printf "%s-storage-operator" (include "codingjob-operator.fullname" . | trunc 46 | trimSuffix "-") }}
+{{- else }}
+{{- include "codingjob-operator.storage.secretName" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Secret with the read-only identity that signs download URLs ("" when none).
+*/}}
+{{- define "codingjob-operator.storage.signerSecretName" -}}
+{{- if include "codingjob-operator.minio.enabled" . }}
+{{- printf "%s-storage-signer" (include "codingjob-operator.fullname" . | trunc 48 | trimSuffix "-") }}
+{{- else }}
+{{- .Values.storage.signerSecret }}
+{{- end }}
+{{- end }}

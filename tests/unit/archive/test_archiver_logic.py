@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 
 import pytest
 import urllib3
 from codingjob_operator.archiver import (
     MAX_PARTS,
-    ArchiveReport,
     Backoff,
     DeadlineExceededError,
+    _failure,
     _parts,
     part_size,
 )
+from codingjob_operator.report import TOO_LARGE, ArchiveError, ArchiveReport
+from codingjob_operator.status import parse_archive_message
 from codingjob_operator.storage import (
+    ArtifactStore,
     PermanentStorageError,
     StorageSettings,
     TransientStorageError,
     UploadLostError,
+    archiver_policy,
     classify,
+    signer_policy,
 )
+from codingjob_operator.ziparchive import ArchiveTooLargeError
 from minio.error import S3Error, ServerError
+from pydantic import SecretStr
 
 MiB = 1024 * 1024
+HOUR = datetime.timedelta(hours=1)
 
 
 def test_part_sizes_start_small_and_reach_far() -> None:
@@ -105,8 +114,19 @@ def test_report_serializes_by_alias() -> None:
         "size": 10,
         "sha256": "ab",
         "files": 3,
+        "skipped": 0,
         "transcriptKey": None,
     }
+
+
+def test_the_operator_reads_what_the_archiver_writes() -> None:
+    """One contract: the archiver's messages parse back into the same models in the operator."""
+    report = ArchiveReport(bucket="b", key="k", size=1, sha256="ab", files=2, skipped=4)
+    assert parse_archive_message(report.model_dump_json(by_alias=True)) == report
+    error = ArchiveError(error="too big", permanent=True, reason=TOO_LARGE)
+    assert (
+        parse_archive_message(_failure(ArchiveTooLargeError("too big"), True, TOO_LARGE)) == error
+    )
 
 
 def s3_error(code: str, status: int) -> S3Error:
@@ -156,3 +176,39 @@ def test_public_endpoint_is_a_bare_url(value: str | None, expected: str | None) 
 def test_public_endpoint_rejects_what_cannot_be_signed(value: str) -> None:
     with pytest.raises(ValueError, match="publicEndpoint"):
         StorageSettings(access_key="a", secret_key="b", public_endpoint=value)
+
+
+def test_archiver_policy_is_limited_to_the_prefix() -> None:
+    policy = archiver_policy("arts", "team-a/job/uid-1/")
+    (statement,) = policy["Statement"]
+    assert statement["Resource"] == ["arn:aws:s3:::arts/team-a/job/uid-1/*"]
+    assert "s3:DeleteObject" not in statement["Action"]
+    assert "s3:ListBucket" not in statement["Action"]
+
+
+@pytest.mark.parametrize("prefix", ["", "team-a/job", "team-a/*/", "a?/"])
+def test_archiver_policy_refuses_prefixes_that_widen_it(prefix: str) -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        archiver_policy("arts", prefix)
+
+
+def test_signer_can_only_read() -> None:
+    (statement,) = signer_policy("arts")["Statement"]
+    assert statement["Action"] == ["s3:GetObject"]
+
+
+def test_urls_for_an_https_public_endpoint_are_https_and_signed_by_the_signer() -> None:
+    settings = StorageSettings(
+        endpoint="minio.storage.svc:9000",
+        public_endpoint="https://downloads.example.com",
+        access_key=SecretStr("operator"),
+        secret_key=SecretStr("operator-secret"),
+        signer_access_key=SecretStr("signer"),
+        signer_secret_key=SecretStr("signer-secret"),
+        bucket="arts",
+    )
+    url, expires = ArtifactStore(settings).presign_get("ns/job/uid/workspace.zip", HOUR)
+    assert url.startswith("https://downloads.example.com/arts/ns/job/uid/workspace.zip?")
+    assert "X-Amz-Credential=signer%2F" in url
+    assert "X-Amz-Expires=3600" in url
+    assert expires - datetime.datetime.now(datetime.UTC) <= HOUR

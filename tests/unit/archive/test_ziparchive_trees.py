@@ -1,13 +1,16 @@
 """ZIP round trips over generated workspace trees, through the public ziparchive API: nested
 and empty directories, file modes and times, symlinks pointing inside, outside and nowhere,
 non-UTF-8 names and sparse files. The expected entries come from an independent walk of the
-tree with lstat/readlink, not from the archiver's own walk.
+tree with lstat/readlink/realpath, not from the archiver's own walk; only the portable spelling
+of each name component comes from the archiver's public (separately tested) name functions.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import io
+import json
 import os
 import stat
 import zipfile
@@ -15,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from codingjob_operator.ziparchive import ArchiveStats, stream_workspace
+from codingjob_operator.ziparchive import (
+    MANIFEST_NAME,
+    ArchiveStats,
+    safe_component,
+    stream_workspace,
+    unique_component,
+)
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -95,20 +104,39 @@ def make(path: Path, node: tuple[Any, ...]) -> None:
         os.utime(path, (mtime, mtime))
 
 
-def escaped(component: str) -> str:
-    raw = os.fsencode(component)
-    return raw.decode("utf-8", "backslashreplace")
+def link_stays(root: Path, link: Path) -> bool:
+    """Whether a symlink resolves inside the workspace (a loop never does) through names the
+    archive keeps as they are (a renamed component would leave the link dangling)."""
+    target = os.readlink(link)
+    if any(p not in ("", ".", "..") and safe_component(p) != p for p in target.split("/")):
+        return False
+    try:
+        os.stat(link)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return False
+    resolved = os.path.realpath(link)
+    top = os.path.realpath(root)
+    return resolved == top or resolved.startswith(top + os.sep)
 
 
-def expected(root: Path) -> dict[str, Entry]:
-    """name → (mode word, content, date_time of files) from lstat and readlink."""
+def expected(root: Path) -> tuple[dict[str, Entry], int]:
+    """name → (mode word, content, date_time of files) from lstat and readlink, and how many
+    symlinks must be left out because they lead outside the workspace."""
     found: dict[str, Entry] = {}
+    left_out = 0
 
     def walk(directory: Path, prefix: tuple[str, ...]) -> None:
-        for child in sorted(directory.iterdir()):
-            parts = (*prefix, escaped(child.name))
-            name = "/".join(parts)
+        nonlocal left_out
+        used = {MANIFEST_NAME.casefold()} if not prefix else set()
+        for child_name in sorted(os.listdir(directory)):
+            child = directory / child_name
             info = child.lstat()
+            if stat.S_ISLNK(info.st_mode) and not link_stays(root, child):
+                left_out += 1
+                continue
+            parts = (*prefix, unique_component(safe_component(child_name), used))
+            name = "/".join(parts)
             if stat.S_ISLNK(info.st_mode):
                 found[name] = (stat.S_IFLNK | 0o777, os.fsencode(os.readlink(child)), None)
             elif stat.S_ISDIR(info.st_mode):
@@ -119,7 +147,7 @@ def expected(root: Path) -> dict[str, Entry]:
                 found[name] = (info.st_mode, child.read_bytes(), when.timetuple()[:6])
 
     walk(root, ())
-    return found
+    return found, left_out
 
 
 def archived(archive: zipfile.ZipFile) -> dict[str, Entry]:
@@ -146,13 +174,24 @@ def test_generated_trees_round_trip(
     stats = ArchiveStats()
     archive = zipfile.ZipFile(io.BytesIO(b"".join(stream_workspace(root, stats))))
     assert archive.testzip() is None
-    want = expected(root)
-    assert archived(archive) == want
+    want, left_out = expected(root)
+    got = archived(archive)
+    _, manifest, _ = got.pop(MANIFEST_NAME)
+    assert got == want
+    lines = [json.loads(line) for line in manifest.splitlines()]
+    assert lines[0]["manifest"] == 1
+    assert {k: lines[0][k] for k in ("files", "dirs", "symlinks", "skipped")} == {
+        "files": stats.files,
+        "dirs": stats.dirs,
+        "symlinks": stats.symlinks,
+        "skipped": stats.skipped,
+    }
+    assert sum(line.get("kind") == "skipped" for line in lines[1:]) == left_out
     kinds = [m for m, _, _ in want.values()]
     assert stats.files == sum(stat.S_ISREG(m) for m in kinds)
     assert stats.dirs == sum(stat.S_ISDIR(m) for m in kinds)
     assert stats.symlinks == sum(stat.S_ISLNK(m) for m in kinds)
-    assert stats.skipped == []
+    assert stats.skipped == left_out
     # Safe names: relative, no parent references, one entry per name.
     assert len(archive.namelist()) == len(set(archive.namelist()))
     for name in archive.namelist():

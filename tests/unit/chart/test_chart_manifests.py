@@ -79,6 +79,7 @@ def test_only_the_operator_gets_a_service_account_token(helm: Helm) -> None:
     assert {n: s["automountServiceAccountToken"] for n, s in specs.items()} == {
         "codingjob": True,
         "codingjob-minio": False,
+        "codingjob-storage-setup": False,
         "scripted-model": False,
     }
     assert specs["codingjob"]["serviceAccountName"] == "codingjob"
@@ -184,6 +185,68 @@ def test_rbac_and_service_account_can_be_left_to_the_platform(helm: Helm) -> Non
 # --- operator settings ----------------------------------------------------------------------
 
 
+def test_the_root_user_stays_with_minio_and_the_setup_hook(helm: Helm) -> None:
+    manifests = helm.render()
+    specs = pod_specs(manifests)
+    readers = {
+        name
+        for name, spec in specs.items()
+        for container in spec["containers"]
+        for value in env_of(container).values()
+        if isinstance(value, dict)
+        and value.get("secretKeyRef", {}).get("name") == "codingjob-storage"
+    }
+    assert readers == {"codingjob-minio", "codingjob-storage-setup"}
+    operator = env_of(specs["codingjob"]["containers"][0])
+    assert operator["CODINGJOB_STORAGE_ACCESS_KEY"]["secretKeyRef"]["name"] == (
+        "codingjob-storage-operator"
+    )
+    assert operator["CODINGJOB_STORAGE_SIGNER_ACCESS_KEY"]["secretKeyRef"]["name"] == (
+        "codingjob-storage-signer"
+    )
+    hook = next(m for m in manifests if m["kind"] == "Job")
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    secrets = {m["metadata"]["name"] for m in manifests if m["kind"] == "Secret"}
+    assert {"codingjob-storage-operator", "codingjob-storage-signer"} <= secrets
+
+
+def test_an_external_store_brings_its_own_identities(helm: Helm) -> None:
+    manifests = helm.render(
+        sets=[
+            "storage.endpoint=s3.example.com:443",
+            "storage.existingSecret=archives-operator",
+            "storage.signerSecret=archives-signer",
+            "storage.archiverRoleArn=arn:aws:iam::123456789012:role/codingjob-archiver",
+            "storage.stsEndpoint=https://sts.eu-west-1.amazonaws.com",
+        ]
+    )
+    assert "Job" not in kinds(manifests)
+    operator = env_of(pod_specs(manifests)["codingjob"]["containers"][0])
+    assert operator["CODINGJOB_STORAGE_ACCESS_KEY"]["secretKeyRef"]["name"] == "archives-operator"
+    assert operator["CODINGJOB_STORAGE_SIGNER_SECRET_KEY"]["secretKeyRef"]["name"] == (
+        "archives-signer"
+    )
+    config = operator_config(manifests)
+    assert config["CODINGJOB_STORAGE_ARCHIVER_ROLE_ARN"] == (
+        "arn:aws:iam::123456789012:role/codingjob-archiver"
+    )
+    assert config["CODINGJOB_STORAGE_STS_ENDPOINT"] == "https://sts.eu-west-1.amazonaws.com"
+
+
+def test_archive_limits_reach_the_operator(helm: Helm) -> None:
+    manifests = helm.render(
+        sets=[
+            "storage.archiveDeadlineSeconds=900",
+            "storage.archiveMaxAttempts=2",
+            "storage.archiveMaxBytes=10737418240",
+        ]
+    )
+    config = operator_config(manifests)
+    assert config["CODINGJOB_ARCHIVE_DEADLINE_SECONDS"] == "900"
+    assert config["CODINGJOB_ARCHIVE_MAX_ATTEMPTS"] == "2"
+    assert config["CODINGJOB_ARCHIVE_MAX_BYTES"] == "10737418240"
+
+
 def test_operator_settings_with_the_bundled_minio(helm: Helm) -> None:
     manifests = helm.render()
     assert operator_config(manifests) == {
@@ -204,14 +267,16 @@ def test_operator_settings_with_the_bundled_minio(helm: Helm) -> None:
         "CODINGJOB_DENIED_CIDRS": "[]",
         "CODINGJOB_DNS_NAMESPACE": "kube-system",
         "CODINGJOB_DNS_POD_LABELS": '{"k8s-app":"kube-dns"}',
+        "CODINGJOB_ARCHIVE_DEADLINE_SECONDS": "3600",
+        "CODINGJOB_ARCHIVE_MAX_ATTEMPTS": "3",
     }
     operator = pod_specs(manifests)["codingjob"]["containers"][0]
     env = env_of(operator)
     assert env["CODINGJOB_STORAGE_ACCESS_KEY"] == {
-        "secretKeyRef": {"name": "codingjob-storage", "key": "access-key"}
+        "secretKeyRef": {"name": "codingjob-storage-operator", "key": "access-key"}
     }
     assert env["CODINGJOB_STORAGE_SECRET_KEY"] == {
-        "secretKeyRef": {"name": "codingjob-storage", "key": "secret-key"}
+        "secretKeyRef": {"name": "codingjob-storage-operator", "key": "secret-key"}
     }
 
 

@@ -173,6 +173,17 @@ CASES: dict[str, list[Any]] = {
             ),
         ),
     ],
+    "archive-limited": [
+        builders.archive_job(
+            JOB,
+            images=IMAGES,
+            target=builders.ArchiveTarget(
+                key=f"team-a/todo-app/{JOB.uid}/workspace.zip",
+                transcript_key=f"team-a/todo-app/{JOB.uid}/context.txt",
+            ),
+            limits=builders.ArchiveLimits(deadline_seconds=900, max_bytes=10 * 1024**3),
+        ),
+    ],
 }
 
 

@@ -85,8 +85,11 @@ def test_schema_is_structural() -> None:
 def test_printer_columns() -> None:
     columns = {c["name"]: c for c in committed()["spec"]["versions"][0]["additionalPrinterColumns"]}
     assert [c for c in columns][:4] == ["Phase", "Steps", "Tokens", "Age"]
-    assert columns["URL"]["jsonPath"] == ".status.downloadURL"
-    assert columns["URL"]["priority"] == 1
+    # Size and expiry in -o wide, not a URL hundreds of characters long.
+    assert "URL" not in columns
+    assert columns["Size"]["jsonPath"] == ".status.artifact.size"
+    assert columns["URL-Expires"]["jsonPath"] == ".status.artifact.urlExpiresAt"
+    assert columns["Size"]["priority"] == columns["URL-Expires"]["priority"] == 1
     assert columns["Tokens"]["jsonPath"] == ".status.tokens.used"
     assert committed()["spec"]["names"]["shortNames"] == ["cjob"]
 

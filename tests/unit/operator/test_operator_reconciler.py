@@ -10,7 +10,7 @@ from codingjob_operator.__main__ import RunOptions, parse_options
 from codingjob_operator.builders import EgressPeer
 from codingjob_operator.config import OperatorConfig
 from codingjob_operator.reconciler import RetryLater, resolve_model_peers, storage_env
-from codingjob_operator.storage import StorageSettings
+from codingjob_operator.storage import SessionCredentials, StorageSettings
 from pydantic import SecretStr
 
 SERVICE = {
@@ -78,20 +78,29 @@ def test_unresolvable_host_is_retried() -> None:
         resolve_model_peers("http://nowhere.invalid/v1", lambda *_: None, fail)
 
 
-def test_storage_env_copies_the_operator_settings() -> None:
+def test_storage_env_carries_the_session_not_the_operator_keys() -> None:
     settings = StorageSettings(
-        access_key=SecretStr("ak"), secret_key=SecretStr("sk"), bucket="arts", secure=True
+        access_key=SecretStr("operator-ak"),
+        secret_key=SecretStr("operator-sk"),
+        signer_access_key=SecretStr("signer-ak"),
+        signer_secret_key=SecretStr("signer-sk"),
+        bucket="arts",
+        secure=True,
     )
-    env = storage_env(settings)
-    assert env["CODINGJOB_STORAGE_ACCESS_KEY"] == "ak"
-    assert env["CODINGJOB_STORAGE_SECRET_KEY"] == "sk"
+    session = SessionCredentials("session-ak", "session-sk", "token", None)
+    env = storage_env(settings, session)
+    assert env["CODINGJOB_STORAGE_ACCESS_KEY"] == "session-ak"
+    assert env["CODINGJOB_STORAGE_SECRET_KEY"] == "session-sk"
+    assert env["CODINGJOB_STORAGE_SESSION_TOKEN"] == "token"
     assert env["CODINGJOB_STORAGE_BUCKET"] == "arts"
     assert env["CODINGJOB_STORAGE_SECURE"] == "true"
+    assert not {"operator-ak", "operator-sk", "signer-ak", "signer-sk"} & set(env.values())
     # The archiver reads the same settings class back from this environment.
     parsed = StorageSettings.model_validate(
         {k.removeprefix("CODINGJOB_STORAGE_").lower(): v for k, v in env.items()}
     )
     assert parsed.bucket == "arts" and parsed.secure is True
+    assert parsed.session_token is not None
 
 
 def test_config_defaults_and_storage_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from codingjob_operator import conditions as c
 from codingjob_operator.models import CodingJobSpec
+from codingjob_operator.report import TOO_LARGE
 from codingjob_operator.status import (
     Action,
     ArchiveJobView,
@@ -20,6 +21,7 @@ from codingjob_operator.status import (
     StorageResult,
     StorageState,
     archive_view,
+    deletion_patch,
     derive_status,
     pod_view,
 )
@@ -524,6 +526,46 @@ TABLE: list[
         [Action.DELETE_ARCHIVE_JOB],
     ),
     (
+        "archive too large -> failed with its own reason, PVC kept",
+        {"phase": "Archiving", "outcome": "Succeeded", "archiveAttempts": 1},
+        spec(),
+        {
+            "archive": ArchiveJobView(
+                failed=True,
+                termination_message='{"error": "exceeds 10 bytes", "permanent": true, '
+                '"reason": "ArchiveTooLarge"}',
+            )
+        },
+        "Failed",
+        "ArchiveTooLarge",
+        [],
+    ),
+    (
+        "archiver failed on its last attempt -> failed, PVC kept",
+        {"phase": "Archiving", "outcome": "Succeeded", "archiveAttempts": 3},
+        spec(),
+        {
+            "archive": ArchiveJobView(
+                failed=True, job_failure="DeadlineExceeded: Job was active longer than specified"
+            )
+        },
+        "Failed",
+        "ArchiveFailed",
+        [],
+    ),
+    (
+        "mismatch on the last attempt -> failed, PVC kept",
+        {"phase": "Archiving", "outcome": "Succeeded", "archiveAttempts": 3},
+        spec(),
+        {
+            "archive": ArchiveJobView(succeeded=True),
+            "storage": StorageResult(StorageState.MISMATCH, "size"),
+        },
+        "Failed",
+        "ArchiveFailed",
+        [],
+    ),
+    (
         "archiver transient error -> retry",
         {"phase": "Archiving", "outcome": "Succeeded"},
         spec(),
@@ -733,6 +775,44 @@ def test_archive_attempts_count() -> None:
     assert decision.patch["archiveAttempts"] == 3
 
 
+def test_the_last_attempt_says_why_it_failed() -> None:
+    obs = observe(
+        {"phase": "Archiving", "outcome": "Succeeded", "archiveAttempts": 2},
+        archive=ArchiveJobView(
+            failed=True, job_failure="DeadlineExceeded: Job was active longer than specified"
+        ),
+        archive_max_attempts=2,
+    )
+    decision = derive_status(obs)
+    assert decision.patch["phase"] == "Failed"
+    assert decision.patch["message"] == (
+        "archiving failed 2 times; last: DeadlineExceeded: Job was active longer than specified"
+    )
+    assert Action.CLEANUP not in decision.actions
+
+
+def test_too_large_is_the_same_reason_on_both_sides() -> None:
+    assert c.ARCHIVE_TOO_LARGE == TOO_LARGE
+
+
+def test_archive_view_reads_the_jobs_failure() -> None:
+    job = {
+        "status": {
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "DeadlineExceeded",
+                    "message": "late",
+                }
+            ]
+        }
+    }
+    view = archive_view(job, [])
+    assert view.failed
+    assert view.job_failure == "DeadlineExceeded: late"
+
+
 def test_storage_outage_warns_once() -> None:
     status = {"phase": "Archiving", "outcome": "Succeeded"}
     down = StorageResult(StorageState.TRANSIENT, "connection refused")
@@ -852,3 +932,26 @@ def test_relay_usage_and_model_degraded_reach_status() -> None:
     back = c.find_condition(recovered.patch["conditions"], c.MODEL_DEGRADED)
     assert back is not None and back["status"] == "False"
     assert back["reason"] == c.PROVIDER_AVAILABLE
+
+
+@pytest.mark.parametrize(
+    ("phase", "archives"),
+    [
+        (None, False),  # never started: nothing to archive
+        ("Pending", True),
+        ("Running", True),
+        ("Suspended", True),
+        ("Archiving", False),  # already on its way
+        ("Succeeded", False),
+        ("Failed", False),
+    ],
+)
+def test_deleting_an_unfinished_job_archives_it_first(phase: str | None, archives: bool) -> None:
+    patch = deletion_patch({"phase": phase} if phase else {})
+    assert (patch is not None) == archives
+    if patch is not None:
+        assert patch["phase"] == "Archiving"
+        assert patch["reason"] == c.DELETED
+        # The Archiving phase stops the agent first: its pod is deleted before the archiver runs.
+        after = derive_status(observe(patch, pod=running_pod()))
+        assert after.actions == [Action.DELETE_POD]

@@ -65,6 +65,7 @@ PERMISSIVE_CLASS = {
         "model": {"baseURLPrefixes": [MODEL["baseURL"], "http://m/v1"]},
     },
 }
+HOUR = 3600  # the download URL's default lifetime
 
 
 @dataclass
@@ -528,11 +529,15 @@ def test_archiving_checks_storage_then_starts_one_archiver(make: Make) -> None:
     w = make()
     to_archiving(w)
     assert w.run() == STATS_INTERVAL
-    assert w.store is not None and w.store.calls == [("ensure_bucket",)]
+    assert w.store is not None
+    assert w.store.calls == [("ensure_bucket",), ("archiver_session", "team-a/demo/uid-1/")]
     assert w.status["archiveAttempts"] == 1
     assert w.condition(c.ARCHIVED) == ("False", c.ARCHIVING)
     secret = w.kube.objects[("Secret", NS, CHILD.archive_secret)]
-    assert secret["stringData"]["CODINGJOB_STORAGE_ACCESS_KEY"] == "operator-ak"
+    # The archiver gets a session limited to its prefix, never the operator's keys.
+    assert secret["stringData"]["CODINGJOB_STORAGE_ACCESS_KEY"] == "session-for-team-a/demo/uid-1/"
+    assert secret["stringData"]["CODINGJOB_STORAGE_SESSION_TOKEN"] == "session-token"
+    assert "operator-sk" not in secret["stringData"].values()
     job = w.kube.objects[("Job", NS, CHILD.archive_job)]
     assert job["metadata"]["ownerReferences"][0]["uid"] == w.uid
     w.run()
@@ -546,7 +551,7 @@ def test_confirmed_archive_succeeds_with_a_url_and_frees_the_workspace(make: Mak
     artifact = w.status["artifact"]
     assert (artifact["key"], artifact["size"], artifact["files"]) == (key, 4096, 3)
     assert w.status["downloadURL"] == artifact["url"]
-    assert artifact["urlExpiresAt"] == c.format_time(w.clock.now + datetime.timedelta(days=1))
+    assert artifact["urlExpiresAt"] == c.format_time(w.clock.now + datetime.timedelta(seconds=HOUR))
     assert w.condition(c.ARCHIVED) == ("True", c.ARCHIVE_CONFIRMED)
     # The condition types users wait for (`kubectl wait --for=condition=...`), by their names.
     types = {x["type"]: x["status"] for x in w.status["conditions"]}
@@ -622,7 +627,7 @@ def test_a_failed_archiver_attempt_is_replaced_with_a_doubling_backoff(make: Mak
     w = make()
     to_archiving(w)
     w.run()
-    for attempt in (1, 2, 3):
+    for attempt in (1, 2):
         assert w.status["archiveAttempts"] == attempt
         archiver_done(w, '{"error": "connection reset", "permanent": false}', failed=True)
         w.run()
@@ -632,6 +637,13 @@ def test_a_failed_archiver_attempt_is_replaced_with_a_doubling_backoff(make: Mak
             del w.kube.objects[pod]  # the Job's pods go with it
         assert w.run() == STATS_INTERVAL * 2**attempt
     assert w.status["phase"] == "Archiving"
+    # The third attempt is the last (archiveMaxAttempts): the job fails, the workspace stays.
+    assert w.status["archiveAttempts"] == 3
+    archiver_done(w, '{"error": "connection reset", "permanent": false}', failed=True)
+    w.run()
+    assert (w.status["phase"], w.status["reason"]) == ("Failed", c.ARCHIVE_FAILED)
+    assert w.status["message"] == "archiving failed 3 times; last: connection reset"
+    assert w.kube.get("PersistentVolumeClaim", NS, CHILD.workspace) is not None
 
 
 def test_a_permanent_archiver_error_fails_the_job(make: Make) -> None:
@@ -673,7 +685,7 @@ def test_the_download_url_is_refreshed_when_a_tenth_of_its_life_is_left(make: Ma
     assert w.store is not None
     first = w.status["downloadURL"]
     signed = w.store.signed
-    lead = DAY * (1 - URL_REFRESH_FRACTION)
+    lead = HOUR * (1 - URL_REFRESH_FRACTION)
     # Passes at most MAX_DELAY apart, each checking the URL's age.
     assert w.run() == MAX_DELAY
     w.clock.advance(lead - MAX_DELAY)
@@ -687,7 +699,7 @@ def test_the_download_url_is_refreshed_when_a_tenth_of_its_life_is_left(make: Ma
     assert w.status["downloadURL"] != first
     assert w.status["artifact"]["url"] == w.status["downloadURL"]
     assert w.status["artifact"]["urlExpiresAt"] == c.format_time(
-        w.clock.now + datetime.timedelta(days=1)
+        w.clock.now + datetime.timedelta(seconds=HOUR)
     )
     # The rest of the artifact is kept.
     assert w.status["artifact"]["size"] == 4096
@@ -698,7 +710,7 @@ def test_a_url_refresh_that_storage_refuses_is_retried(make: Make) -> None:
     to_succeeded(w)
     assert w.store is not None
     w.store.fail = TransientStorageError("timeout")
-    w.clock.advance(DAY)
+    w.clock.advance(HOUR)
     first = w.status["downloadURL"]
     with pytest.raises(RetryLater, match="cannot refresh the download URL"):
         w.run()
