@@ -18,7 +18,7 @@ import kopf
 
 from codingjob_operator import metrics, names
 from codingjob_operator.config import OperatorConfig
-from codingjob_operator.kube import KubeError, default_kube
+from codingjob_operator.kube import KubeError, NamespaceTerminating, default_kube
 from codingjob_operator.metrics import Metrics
 from codingjob_operator.models import GROUP, PLURAL, VERSION, OnDelete
 from codingjob_operator.reconciler import MAX_DELAY, Reconciler, RetryLater
@@ -35,6 +35,8 @@ RECONCILE_WORKERS = 16
 ERROR_BACKOFF = (5.0, 10.0, 30.0, 60.0, 120.0, MAX_DELAY)
 #: Archiving before a deletion may take the archive deadline plus this (stopping the agent).
 ARCHIVE_ON_DELETE_MARGIN_SECONDS = 300
+#: How often archiving before a deletion checks on the archiver.
+ARCHIVE_ON_DELETE_POLL_SECONDS = 3.0
 
 
 class Wakeups:
@@ -186,7 +188,7 @@ def _archives_on_delete(*, spec: kopf.Spec, memo: Any, **_: Any) -> bool:
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="archive-on-delete", when=_archives_on_delete)
-def archive_on_delete(
+async def archive_on_delete(
     *,
     namespace: str | None,
     name: str,
@@ -196,21 +198,38 @@ def archive_on_delete(
     **_: Any,
 ) -> None:
     """A deleted, unfinished CodingJob: stop the agent, archive, then let it go (the finalizer
-    holds it meanwhile), for at most the archive deadline plus a margin."""
+    holds it meanwhile), for at most the archive deadline plus a margin.
+
+    Waits here, step by step, instead of raising kopf's TemporaryError while the archiver
+    works: that is logged as an error, and waiting for an archive is not one."""
     reconciler: Reconciler = memo.reconciler
     if namespace is None:
         return
     limit = reconciler.config.archive_deadline_seconds + ARCHIVE_ON_DELETE_MARGIN_SECONDS
-    if runtime.total_seconds() > limit:
-        # Bounded: a deletion must not hang on a store that never comes back.
-        logger.error(f"gave up archiving before deletion after {limit}s; the workspace goes")
-        return
-    try:
-        done = reconciler.archive_before_delete(namespace, name)
-    except (RetryLater, KubeError, TransientStorageError) as error:
-        raise kopf.TemporaryError(f"archiving before deletion: {error}", delay=10) from error
-    if not done:
-        raise kopf.TemporaryError("archiving the workspace before deletion", delay=5)
+    # ``runtime`` counts from the first attempt, across restarts and failovers.
+    deadline = time.monotonic() + limit - runtime.total_seconds()
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            # A copy of the context carries kopf's event-posting state into the thread.
+            context = contextvars.copy_context()
+            done = await loop.run_in_executor(
+                memo.executor, context.run, reconciler.archive_before_delete, namespace, name
+            )
+        except NamespaceTerminating:
+            # The whole namespace goes: nothing new (no archiver) can be created in it, and
+            # its PVCs are deleted with it. Holding the CodingJob would only hang the namespace.
+            logger.info("namespace being deleted: the workspace goes unarchived")
+            return
+        except (RetryLater, KubeError, TransientStorageError) as error:
+            raise kopf.TemporaryError(f"archiving before deletion: {error}", delay=10) from error
+        if done:
+            return
+        if time.monotonic() > deadline:
+            # Bounded: a deletion must not hang on a store or archiver that never finishes.
+            logger.error(f"gave up archiving before deletion after {limit}s; the workspace goes")
+            return
+        await asyncio.sleep(ARCHIVE_ON_DELETE_POLL_SECONDS)
 
 
 def _deletes_objects(*, memo: Any, **_: Any) -> bool:

@@ -7,6 +7,7 @@ sees client model classes. Calls are synchronous; async callers run them in a th
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -32,6 +33,10 @@ class InvalidObject(KubeError):
     """The API server rejected an object as invalid (422): a spec problem, not worth retrying."""
 
 
+class NamespaceTerminating(KubeError):
+    """The namespace is being deleted: the API server refuses anything new in it (403)."""
+
+
 class NameConflict(KubeError):
     """An object with a child's name exists and is not controlled by this CodingJob."""
 
@@ -54,6 +59,17 @@ def controlled_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
     return any(r.get("controller") and r.get("uid") == owner_uid for r in refs)
 
 
+def _terminating(body: str) -> bool:
+    """A 403's Status names the namespace's termination as its cause."""
+    try:
+        status = json.loads(body)
+    except ValueError:
+        return False
+    details = status.get("details") if isinstance(status, dict) else None
+    causes = (details.get("causes") if isinstance(details, dict) else None) or []
+    return any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes)
+
+
 def _wrap(func: Callable[[], T]) -> T:
     try:
         return func()
@@ -61,6 +77,8 @@ def _wrap(func: Callable[[], T]) -> T:
         message = error.body if isinstance(error.body, str) and error.body else str(error.reason)
         if error.status == 422:
             raise InvalidObject(422, message) from error
+        if error.status == 403 and _terminating(message):
+            raise NamespaceTerminating(403, message) from error
         raise KubeError(int(error.status or 0), message) from error
 
 

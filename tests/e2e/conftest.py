@@ -231,6 +231,22 @@ def operator_release(kubeconfig: str, kube_api: client.ApiClient) -> Iterator[st
     assert result.returncode == 0, result.stderr
     yield SYSTEM_NAMESPACE
     if os.environ.get("CODINGJOB_E2E_KEEP") != "1":
+        # The operator first lets go of the jobs of the tests' deleted namespaces (each holds a
+        # finalizer until then): uninstalled first, it would leave them Terminating for good.
+        custom = client.CustomObjectsApi(kube_api)
+        with contextlib.suppress(AssertionError):
+            wait_for(
+                "the tests' CodingJobs to be released",
+                lambda: (
+                    not [
+                        j
+                        for j in custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+                        if j["metadata"]["namespace"].startswith("t-")
+                    ]
+                ),
+                180,
+                interval=2,
+            )
         helm("uninstall", RELEASE, "-n", SYSTEM_NAMESPACE, "--wait", check=False)
         client.CoreV1Api(kube_api).delete_namespace(SYSTEM_NAMESPACE)
 

@@ -289,10 +289,65 @@ def test_suspend_and_resume(jobs: Jobs, minio_forward: int) -> None:
     assert len(systems) == 1, "the resumed pod must continue the conversation, not start over"
 
 
-def test_delete_while_running(jobs: Jobs, kube_api: client.ApiClient) -> None:
-    """Deleting a running job removes every child within 30 s, and the operator logs no error."""
+def stored_object(operator_release: str, core: client.CoreV1Api, port: int, key: str) -> int | None:
+    """Size of ``key`` in the bundled MinIO (asked with its root user, as an admin would), or
+    None when there is no such object."""
+    from minio import Minio
+    from minio.error import S3Error
+
+    root = core.list_namespaced_secret(
+        operator_release, label_selector="app.kubernetes.io/component=minio"
+    ).items[0]
+    keys = {k: base64.b64decode(v).decode() for k, v in (root.data or {}).items()}
+    store = Minio(
+        f"127.0.0.1:{port}",
+        access_key=keys["access-key"],
+        secret_key=keys["secret-key"],
+        secure=False,
+        region="us-east-1",
+    )
+    try:
+        return int(store.stat_object("codingjob-artifacts", key).size or 0)
+    except S3Error as error:
+        if error.code in ("NoSuchKey", "NoSuchObject"):
+            return None
+        raise
+
+
+def test_delete_while_running_archives_first(
+    jobs: Jobs, minio_forward: int, operator_release: str, kube_api: client.ApiClient
+) -> None:
+    """Deleting a running job stops the agent, archives the workspace, then removes the job and
+    every child; the ZIP stays in the store (retention Retain), and the operator logs no error."""
     name = "doomed"
     jobs.apply(jobs.manifest(name, "never-finish"))
+    jobs.wait_phase(name, {"Running"}, timeout=180)
+    uid = jobs.get(name)["metadata"]["uid"]
+    started = time.monotonic()
+    jobs.kubectl("delete", "cjob", name, "-n", jobs.namespace, "--wait=false")
+    archiving = jobs.wait_phase(name, {"Archiving"}, timeout=30)
+    assert archiving["reason"] == "Deleted", archiving
+    wait_for(
+        "the CodingJob and all its children gone",
+        lambda: (
+            not jobs.kubectl("get", "cjob", "-n", jobs.namespace, "-o", "name").stdout.strip()
+            and not any(jobs.children(name).values())
+        ),
+        240,
+        interval=1,
+    )
+    key = f"{jobs.namespace}/{name}/{uid}/workspace.zip"
+    size = stored_object(operator_release, jobs.core, minio_forward, key)
+    assert size is not None and size > 0, f"no archive at {key}"
+    no_operator_errors(jobs, kube_api, started)
+
+
+def test_delete_with_on_delete_discard_removes_everything_at_once(
+    jobs: Jobs, kube_api: client.ApiClient
+) -> None:
+    """`artifacts.onDelete: Discard`: deleting a running job removes every child within 30 s."""
+    name = "discarded"
+    jobs.apply(jobs.manifest(name, "never-finish", artifacts={"onDelete": "Discard"}))
     jobs.wait_phase(name, {"Running"}, timeout=180)
     started = time.monotonic()
     jobs.kubectl("delete", "cjob", name, "-n", jobs.namespace, "--wait=false")
@@ -371,13 +426,14 @@ def test_sandbox_boundaries(jobs: Jobs, operator_release: str, kube_api: client.
         jobs.core.read_namespaced_secret("llm-credentials", jobs.namespace).data["api-key"]
     ).decode()
     # The chart's storage credentials (bundled MinIO): the Secret with the S3 key pair.
+    # Every identity's: MinIO's root user, the operator's and the URL signer's.
     storage = [
         s
         for s in jobs.core.list_namespaced_secret(operator_release).items
         if {"access-key", "secret-key"} <= set(s.data or {})
     ]
-    assert storage, "the storage credentials Secret was not found"
-    minio_values = [base64.b64decode(v).decode() for v in storage[0].data.values()]
+    assert len(storage) >= 3, "the storage credentials Secrets were not found"
+    minio_values = [base64.b64decode(v).decode() for s in storage for v in s.data.values()]
 
     run = lambda cmd: exec_in_agent(jobs.core, jobs.namespace, pod.metadata.name, cmd)  # noqa: E731
     assert (

@@ -10,6 +10,8 @@ object, confirmation), the download URL refresh, the TTL, and retention Delete o
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime
 import json
 import logging
@@ -24,6 +26,7 @@ from codingjob_operator import conditions as c
 from codingjob_operator import handlers, names
 from codingjob_operator import reconciler as reconciler_module
 from codingjob_operator.config import OperatorConfig
+from codingjob_operator.kube import KubeError, NamespaceTerminating
 from codingjob_operator.reconciler import MAX_DELAY, URL_REFRESH_FRACTION, Reconciler, RetryLater
 from codingjob_operator.storage import (
     ObjectInfo,
@@ -787,3 +790,90 @@ def test_retention_delete_with_a_permanent_error_does_not_block_the_deletion(
             namespace=NS, name=NAME, uid="u1", memo=_memo(store, "Delete"), logger=logger
         )
     assert "AccessDenied" in caplog.text
+
+
+# Archive on delete: a deleted, unfinished job is archived before it goes.
+
+
+def test_a_running_job_deleted_is_stopped_archived_then_released(make: Make) -> None:
+    w = make()
+    start(w)
+    w.obj["metadata"]["deletionTimestamp"] = "2026-01-01T12:00:00Z"
+    # The normal passes leave it alone; the deletion handler drives it.
+    assert w.run() == MAX_DELAY
+    assert w.reconciler.archive_before_delete(NS, NAME) is False
+    assert (w.status["phase"], w.status["reason"]) == ("Archiving", c.DELETED)
+    assert w.kube.get("Pod", NS, CHILD.pod) is None  # the agent is stopped first
+    assert w.reconciler.archive_before_delete(NS, NAME) is False
+    assert w.kube.get("Job", NS, CHILD.archive_job) is not None
+    stored(w)
+    archiver_done(w, report(w))
+    assert w.reconciler.archive_before_delete(NS, NAME) is True
+    assert (w.status["phase"], w.status["reason"]) == ("Failed", c.DELETED)
+    assert w.status["artifact"]["key"] == names.archive_key(NS, NAME, w.uid)
+
+
+@pytest.mark.parametrize("phase", [None, "Succeeded", "Failed"])
+def test_a_job_deleted_before_it_started_or_after_it_ended_goes_at_once(
+    make: Make, phase: str | None
+) -> None:
+    w = make()
+    if phase is not None:
+        w.obj["status"] = {"phase": phase}
+    w.obj["metadata"]["deletionTimestamp"] = "2026-01-01T12:00:00Z"
+    assert w.reconciler.archive_before_delete(NS, NAME) is True
+    assert w.kube.calls_of("create") == []
+
+
+def _deletion_memo(outcomes: list[Any], deadline: int = 3600) -> Any:
+    """A memo whose reconciler answers archive_before_delete with ``outcomes`` in turn."""
+    calls = iter(outcomes)
+
+    def step(_namespace: str, _name: str) -> bool:
+        outcome = next(calls)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return bool(outcome)
+
+    config = OperatorConfig(archive_deadline_seconds=deadline)
+    reconciler = types.SimpleNamespace(config=config, archive_before_delete=step)
+    return types.SimpleNamespace(
+        reconciler=reconciler, executor=concurrent.futures.ThreadPoolExecutor(1)
+    )
+
+
+def _archive_on_delete(memo: Any, runtime: float = 0.0) -> None:
+    asyncio.run(
+        handlers.archive_on_delete(
+            namespace=NS,
+            name=NAME,
+            memo=memo,
+            logger=logging.getLogger("archive-on-delete-test"),
+            runtime=datetime.timedelta(seconds=runtime),
+        )
+    )
+
+
+def test_the_deletion_handler_waits_for_the_archive_without_raising(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(handlers, "ARCHIVE_ON_DELETE_POLL_SECONDS", 0.0)
+    _archive_on_delete(_deletion_memo([False, False, True]))  # returns, nothing logged as error
+
+
+def test_a_terminating_namespace_releases_the_job_unarchived() -> None:
+    _archive_on_delete(_deletion_memo([False, NamespaceTerminating(403, "being terminated")]))
+
+
+def test_an_api_error_while_archiving_on_delete_is_retried_by_kopf() -> None:
+    with pytest.raises(kopf.TemporaryError):
+        _archive_on_delete(_deletion_memo([KubeError(500, "etcd timeout")]))
+
+
+def test_archiving_on_delete_gives_up_after_the_deadline_and_a_margin(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limit = 3600 + handlers.ARCHIVE_ON_DELETE_MARGIN_SECONDS
+    with caplog.at_level(logging.ERROR, logger="archive-on-delete-test"):
+        _archive_on_delete(_deletion_memo([False]), runtime=limit + 1)
+    assert "gave up archiving before deletion" in caplog.text
