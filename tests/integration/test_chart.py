@@ -11,7 +11,10 @@ Helm installs a chart's crds/ only when they do not exist yet and never upgrades
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
+import socket
 import subprocess
 import time
 import uuid
@@ -22,6 +25,8 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from minio import Minio
+from minio.error import S3Error
 
 from tests.fixtures.cluster import in_ci, kubectl, pod_ready, tool
 
@@ -227,6 +232,81 @@ def test_notes_print_the_next_steps(release: Release) -> None:
     kubectl("-n", release.namespace, "get", "service", f"{release.fullname}-minio")
 
 
+def _identity(core: client.CoreV1Api, namespace: str, secret: str) -> tuple[str, str]:
+    data = core.read_namespaced_secret(secret, namespace).data or {}
+    return (
+        base64.b64decode(data["access-key"]).decode(),
+        base64.b64decode(data["secret-key"]).decode(),
+    )
+
+
+def _denied(call: Any) -> bool:
+    try:
+        call()
+    except S3Error as error:
+        return error.code == "AccessDenied"
+    return False
+
+
+def test_the_setup_hook_gives_the_operator_and_the_signer_their_own_users(
+    kube_api: client.ApiClient, release: Release
+) -> None:
+    """After `helm install`, the storage-setup hook made the bucket and the two users: the
+    operator's may write and delete in its bucket and not administer MinIO, the signer's only
+    reads."""
+    core = client.CoreV1Api(kube_api)
+    operator_keys = _identity(core, release.namespace, f"{release.fullname}-storage-operator")
+    signer_keys = _identity(core, release.namespace, f"{release.fullname}-storage-signer")
+    root_keys = _identity(core, release.namespace, f"{release.fullname}-storage")
+    assert len({operator_keys, signer_keys, root_keys}) == 3
+    bucket = "codingjob-artifacts"
+    with port_forward(release.namespace, f"svc/{release.fullname}-minio", 9000) as port:
+
+        def connect(keys: tuple[str, str]) -> Minio:
+            return Minio(
+                f"127.0.0.1:{port}",
+                access_key=keys[0],
+                secret_key=keys[1],
+                secure=False,
+                region="us-east-1",
+            )
+
+        operator, signer = connect(operator_keys), connect(signer_keys)
+        assert operator.bucket_exists(bucket)
+        operator.put_object(bucket, "t/job/uid/probe", io.BytesIO(b"probe"), 5)
+        assert signer.get_object(bucket, "t/job/uid/probe").read() == b"probe"
+        assert _denied(lambda: signer.put_object(bucket, "t/x", io.BytesIO(b"x"), 1))
+        assert _denied(lambda: signer.remove_object(bucket, "t/job/uid/probe"))
+        # Not an administrator: it cannot make buckets of its own.
+        assert _denied(lambda: operator.make_bucket("not-the-operators"))
+        operator.remove_object(bucket, "t/job/uid/probe")
+
+
+@contextlib.contextmanager
+def port_forward(namespace: str, target: str, remote: int) -> Iterator[int]:
+    """`kubectl port-forward` to a free local port; yields it once it accepts connections."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        local = int(probe.getsockname()[1])
+    proc = subprocess.Popen(
+        [tool("kubectl"), "-n", namespace, "port-forward", target, f"{local}:{remote}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", local), 1):
+                break
+            assert proc.poll() is None, f"port-forward {target} ended"
+            assert time.monotonic() < deadline, f"port-forward {target} did not open"
+            time.sleep(0.2)
+        yield local
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_upgrade_keeps_the_generated_minio_credentials(
     kube_api: client.ApiClient, release: Release
 ) -> None:
@@ -250,6 +330,18 @@ def test_upgrade_keeps_the_generated_minio_credentials(
     assert core.read_namespaced_secret(secret, release.namespace).data == before
     config = plain(kube_api, core.read_namespaced_config_map(release.fullname, release.namespace))
     assert config["data"]["CODINGJOB_STORAGE_BUCKET"] == "upgraded-bucket"
+    # The post-upgrade hook made the new bucket and moved the operator's policy to it.
+    access, secret_key = _identity(core, release.namespace, f"{release.fullname}-storage-operator")
+    with port_forward(release.namespace, f"svc/{release.fullname}-minio", 9000) as port:
+        operator = Minio(
+            f"127.0.0.1:{port}",
+            access_key=access,
+            secret_key=secret_key,
+            secure=False,
+            region="us-east-1",
+        )
+        assert operator.bucket_exists("upgraded-bucket")
+        operator.put_object("upgraded-bucket", "t/job/uid/probe", io.BytesIO(b"probe"), 5)
 
 
 def test_the_scripted_demo_model_serves_under_the_charts_hardening(
