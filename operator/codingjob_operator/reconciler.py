@@ -253,6 +253,12 @@ class Reconciler:
             # Someone else's object holds a child's name: never mount, patch or adopt it.
             self._fail(owner, job, obs, c.NAME_CONFLICT, str(error))
             return PassResult(MAX_DELAY)
+        except PermanentStorageError as error:
+            # The store refused the archiver its credentials (the operator's identity may not
+            # assume the role): no retry fixes that; the workspace PVC is kept.
+            message = f"no archiver credentials: {error}"
+            self._fail(owner, job, obs, c.ARCHIVE_FAILED, message, archived=message)
+            return PassResult(MAX_DELAY)
         after = {**status, **decision.patch}
         if self.metrics is not None:
             self.metrics.record_pass(self._facts(obj, spec, obs, after))
@@ -292,9 +298,11 @@ class Reconciler:
         obs: Observation,
         reason: str,
         message: str,
+        *,
+        archived: str | None = None,
     ) -> None:
         """End the job Failed with ``reason`` (a spec or name problem no retry can fix)."""
-        decision = fail_now(obs, reason, message)
+        decision = fail_now(obs, reason, message, archived=archived)
         self._patch(job.namespace, job.name, decision.patch)
         for event in decision.events:
             kopf.event(owner, type=event.type, reason=event.reason, message=event.message)

@@ -395,11 +395,18 @@ def derive_status(obs: Observation) -> Decision:
     return b.result()
 
 
-def fail_now(obs: Observation, reason: str, message: str) -> Decision:
+def fail_now(
+    obs: Observation, reason: str, message: str, *, archived: str | None = None
+) -> Decision:
     """The decision that ends the job Failed with ``reason`` whatever phase it is in (a name
-    conflict or a refused status patch: problems no retry fixes)."""
+    conflict, a refused status patch, archiver credentials refused: problems no retry fixes).
+    ``archived`` explains the Archived=False condition when the agent did run."""
     b = _Builder(obs)
-    _fail_semantic(b, reason, _short(message))
+    if archived is None:
+        _fail_semantic(b, reason, _short(message))
+    else:
+        b.condition(c.ARCHIVED, False, reason, _short(archived))
+        b.finish(False, reason, _short(message))
     return b.result()
 
 

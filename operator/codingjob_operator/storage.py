@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal, TypeVar
@@ -316,7 +317,18 @@ class ArtifactStore:
             role_session_name="codingjob-" + hashlib.sha256(prefix.encode()).hexdigest()[:16],
             http_client=_http_client(),
         )
-        credentials = _call(provider.retrieve)
+        try:
+            credentials = provider.retrieve()
+        except ValueError as error:
+            # The SDK reports an STS refusal by its HTTP status alone. MinIO answers 400 ("Server
+            # not initialized") while its IAM starts, so 400 and 5xx are retried; 401/403 mean
+            # the operator's identity may not assume the role, which no retry fixes.
+            text = f"STS AssumeRole: {error}"
+            if re.search(r"status code (400|5\d\d)\b", str(error)):
+                raise TransientStorageError(text) from error
+            raise PermanentStorageError(text) from error
+        except Exception as error:
+            raise classify(error) from error
         if credentials.session_token is None:
             raise PermanentStorageError("STS AssumeRole returned no session token")
         return SessionCredentials(

@@ -28,6 +28,7 @@ from codingjob_operator.storage import (
     signer_policy,
 )
 from codingjob_operator.ziparchive import ArchiveTooLargeError
+from minio.credentials.providers import AssumeRoleProvider
 from minio.error import S3Error, ServerError
 from pydantic import SecretStr
 
@@ -212,3 +213,26 @@ def test_urls_for_an_https_public_endpoint_are_https_and_signed_by_the_signer() 
     assert "X-Amz-Credential=signer%2F" in url
     assert "X-Amz-Expires=3600" in url
     assert expires - datetime.datetime.now(datetime.UTC) <= HOUR
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        # MinIO's answer while its IAM starts ("Server not initialized"): retried.
+        (400, TransientStorageError),
+        (503, TransientStorageError),
+        # The operator's identity may not assume the role: no retry fixes that.
+        (403, PermanentStorageError),
+        (401, PermanentStorageError),
+    ],
+)
+def test_sts_refusals_are_classified_by_their_status(
+    monkeypatch: pytest.MonkeyPatch, status: int, kind: type[Exception]
+) -> None:
+    def refuse(_self: AssumeRoleProvider) -> None:
+        raise ValueError(f"http://minio:9000 failed with HTTP status code {status}")
+
+    monkeypatch.setattr(AssumeRoleProvider, "retrieve", refuse)
+    settings = StorageSettings(access_key=SecretStr("a"), secret_key=SecretStr("s"), bucket="arts")
+    with pytest.raises(kind, match="STS AssumeRole"):
+        ArtifactStore(settings).archiver_session("ns/job/uid/", 900)

@@ -649,6 +649,25 @@ def test_a_failed_archiver_attempt_is_replaced_with_a_doubling_backoff(make: Mak
     assert w.kube.get("PersistentVolumeClaim", NS, CHILD.workspace) is not None
 
 
+def test_archiver_credentials_the_store_refuses_fail_the_job_and_keep_the_workspace(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = make()
+    to_archiving(w)
+    assert w.store is not None
+
+    def refuse(_prefix: str, _seconds: int) -> None:
+        raise PermanentStorageError("STS AssumeRole: failed with HTTP status code 403")
+
+    monkeypatch.setattr(w.store, "archiver_session", refuse)
+    assert w.run() == MAX_DELAY
+    assert (w.status["phase"], w.status["reason"]) == ("Failed", c.ARCHIVE_FAILED)
+    assert "no archiver credentials" in w.status["message"]
+    assert w.condition(c.ARCHIVED) == ("False", c.ARCHIVE_FAILED)
+    assert w.kube.get("Job", NS, CHILD.archive_job) is None
+    assert w.kube.get("PersistentVolumeClaim", NS, CHILD.workspace) is not None
+
+
 def test_a_permanent_archiver_error_fails_the_job(make: Make) -> None:
     w = make()
     to_archiving(w)
