@@ -194,6 +194,15 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def operator_release(kubeconfig: str, kube_api: client.ApiClient) -> Iterator[str]:
     """The chart installed with bundled MinIO and the scripted model; yields its namespace."""
     subprocess.run([str(REPO / "hack" / "chart-sync.sh")], check=True, capture_output=True)
+    # Bring the shared CRDs up to date: Helm installs a chart's crds/ only when they are absent
+    # and never upgrades them, so a cluster that ran an older chart keeps its older schema.
+    kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        str(REPO / "charts" / "codingjob-operator" / "crds"),
+    )
     helm("uninstall", RELEASE, "-n", SYSTEM_NAMESPACE, "--wait", check=False)
     result = helm(
         "upgrade",
