@@ -274,6 +274,11 @@ class Kube:
     def read_service(self, namespace: str, name: str) -> Manifest | None:
         return self._read(lambda: self.core.read_namespaced_service(name, namespace))
 
+    def read_pvc(self, namespace: str, name: str) -> Manifest | None:
+        return self._read(
+            lambda: self.core.read_namespaced_persistent_volume_claim(name, namespace)
+        )
+
     def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[Manifest]:
         label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
         result = _wrap(

@@ -382,11 +382,14 @@ class Reconciler:
         pod = pod_view(raw_pod) if raw_pod is not None else None
         phase = status.get("phase")
         archive = None
+        workspace_gone = None
         if phase == "Archiving":
             raw_job = self.kube.read_job(job.namespace, n.archive_job)
             if raw_job is not None and controlled_by(raw_job, job.uid):
                 pods = self.kube.list_pods(job.namespace, names.selector(job.name, "archiver"))
                 archive = archive_view(raw_job, pods)
+            if archive is None or not archive.succeeded:
+                workspace_gone = self._workspace_gone(job, started=archive is not None)
         semantic = None
         if pod is None and phase not in ("Archiving", "Succeeded", "Failed") and not spec.suspend:
             semantic = class_error or self._semantic_error(job, spec)
@@ -404,7 +407,21 @@ class Reconciler:
             stats=stats,
             image_pull_timeout=datetime.timedelta(seconds=self.config.image_pull_timeout_seconds),
             archive_max_attempts=self.config.archive_max_attempts,
+            workspace_gone=workspace_gone,
         )
+
+    def _workspace_gone(self, job: builders.JobRef, *, started: bool) -> str | None:
+        """Why the workspace PVC can no longer be archived: missing (or someone else's), or
+        being deleted before the archiver started; None while the archiver can mount it."""
+        name = job.names.workspace
+        pvc = self.kube.read_pvc(job.namespace, name)
+        if pvc is None or not controlled_by(pvc, job.uid):
+            return f"the workspace PersistentVolumeClaim {name} is gone; nothing to archive"
+        if pvc["metadata"].get("deletionTimestamp") and not started:
+            # A PVC being deleted admits no new pod: an archiver would stay Pending for good.
+            # One already mounting it keeps it (pvc-protection) and finishes.
+            return f"the workspace PersistentVolumeClaim {name} is being deleted; not archived"
+        return None
 
     def _uses_relay(self, spec: CodingJobSpec) -> bool:
         """Jobs that name no endpoint of their own reach their model through the relay."""

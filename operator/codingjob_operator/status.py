@@ -100,6 +100,9 @@ class PodView:
     sidecar: ContainerView | None = None
     #: The pod's Ready condition (with the GUI on: the desktop accepts connections).
     ready: bool = False
+    #: Why the pod is being disrupted (``DisruptionTarget`` condition: an eviction through the
+    #: API, node pressure, preemption), as ``reason: message``; None when it is not.
+    disruption: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,9 @@ class Observation:
     image_pull_timeout: datetime.timedelta = datetime.timedelta(minutes=5)
     #: Archiver Jobs tried before the job fails with ArchiveFailed (the PVC is kept).
     archive_max_attempts: int = 3
+    #: Archiving only: why the workspace PVC cannot be archived any more (deleted, or being
+    #: deleted before an archiver started), or None while it is there.
+    workspace_gone: str | None = None
 
 
 class Action(Enum):
@@ -260,6 +266,14 @@ def agent_outcome(pod: PodView) -> AgentOutcome | None:
         )
     if agent is None or not agent.terminated:
         return None
+    if agent.reason == "OOMKilled" and not _succeeded(agent):
+        # The task's own failure (it used more memory than the job allows), not infrastructure;
+        # the container's reason wins over the result its entry script wrote after the kill.
+        return AgentOutcome(
+            succeeded=False,
+            reason=c.OOM_KILLED,
+            message=f"the agent container ran out of memory (exit code {agent.exit_code})",
+        )
     result = parse_agent_result(agent.message)
     if result is not None:
         succeeded = agent.exit_code == 0 and result.outcome == "Succeeded"
@@ -273,14 +287,40 @@ def agent_outcome(pod: PodView) -> AgentOutcome | None:
             steps=bounded_int(result.steps),
             tokens=bounded_int(result.tokens),
         )
+    sidecar = pod.sidecar
+    if (sidecar is None or not sidecar.running) and pod.phase not in ("Succeeded", "Failed"):
+        # No result and no sidecar: the sidecar's own state (e.g. a StartError the kubelet has
+        # not reported yet) is the likelier cause; it is known once the pod is final.
+        return None
     if agent.exit_code == 0:
-        return AgentOutcome(succeeded=True, reason=c.COMPLETED, message="")
+        # The contract is exit 0 *and* a result: a container that exits 0 without one (a bare
+        # base image, an agent killed before it wrote it) has not shown that it did the task.
+        detail = "agent exited with code 0 without writing its result"
+        if sidecar is not None and not sidecar.running:
+            why = sidecar.reason or sidecar.waiting_reason or sidecar.last_reason or "not running"
+            detail += f"; container context-manager: {why}"
+        return AgentOutcome(succeeded=False, reason=c.AGENT_ERROR, message=_short(detail))
     detail = f"agent exited with code {agent.exit_code}"
     if agent.reason and agent.reason != "Error":
         detail += f" ({agent.reason})"
     if agent.message:
         detail += f": {clean_text(agent.message[-MESSAGE_MAX * 4 :], MESSAGE_MAX // 2)}"
     return AgentOutcome(succeeded=False, reason=c.AGENT_ERROR, message=_short(detail))
+
+
+def evicted(pod: PodView) -> str | None:
+    """Why the pod was evicted or otherwise lost to infrastructure, or None when it was not."""
+    if pod.disruption:
+        return f"evicted: {pod.disruption}"
+    if pod.reason in INFRASTRUCTURE_REASONS:
+        return f"{pod.reason}: {pod.message or ''}".rstrip(": ")
+    return None
+
+
+def _succeeded(agent: ContainerView) -> bool:
+    """The agent exited 0 with a Succeeded result (a killed child of it may have OOMed)."""
+    result = parse_agent_result(agent.message)
+    return agent.exit_code == 0 and result is not None and result.outcome == "Succeeded"
 
 
 def pod_lost(pod: PodView) -> bool:
@@ -433,6 +473,14 @@ def _archiving(b: _Builder) -> None:
         # The workspace is ReadWriteOnce: the archiver mounts it once the agent pod is gone.
         b.act(Action.DELETE_POD)
         return
+    archive = obs.archive
+    if obs.workspace_gone and (archive is None or not archive.succeeded):
+        # No archiver can ever mount it: its pod would wait Pending forever. Final, and says so.
+        b.condition(c.ARCHIVED, False, c.ARCHIVE_FAILED, obs.workspace_gone)
+        b.finish(False, c.ARCHIVE_FAILED, obs.workspace_gone)
+        if archive is not None:
+            b.act(Action.DELETE_ARCHIVE_JOB)
+        return
     storage = obs.storage
     if storage is not None and storage.state == StorageState.NOT_CONFIGURED:
         b.condition(c.ARCHIVED, False, c.STORAGE_NOT_CONFIGURED, storage.message)
@@ -448,7 +496,6 @@ def _archiving(b: _Builder) -> None:
         b.condition(c.ARCHIVED, False, c.ARCHIVE_FAILED, storage.message)
         b.finish(False, c.ARCHIVE_FAILED, storage.message)
         return
-    archive = obs.archive
     if archive is None:
         if storage is None:
             b.act(Action.CHECK_STORAGE)
@@ -522,6 +569,12 @@ def _active(b: _Builder) -> None:
         if outcome is not None and outcome.succeeded and b.phase != Phase.SUSPENDED:
             _agent_ended(b, outcome)
             return
+        lost = evicted(pod)
+        if lost is not None and b.phase == Phase.RUNNING and not spec.suspend:
+            # Counted once, now, while the pod says why it goes (the phase leaves Running); the
+            # new pod is made once this one is gone.
+            _lost(b, _short(lost), reason=c.POD_EVICTED)
+            return
         if not spec.suspend:
             return
     elif pod is not None:
@@ -531,6 +584,12 @@ def _active(b: _Builder) -> None:
             b.act(Action.DELETE_POD)
             return
         outcome = agent_outcome(pod)
+        lost = evicted(pod)
+        if lost is not None and not (outcome is not None and outcome.succeeded):
+            # Before the agent's outcome: an evicted pod's agent was killed (exit 137, or its
+            # SIGTERM result), which says nothing about the task. Only a success still counts.
+            _lost(b, _short(lost), reason=c.POD_EVICTED)
+            return
         if outcome is not None:
             _agent_ended(b, outcome)
             return
@@ -605,7 +664,7 @@ def _fail_semantic(b: _Builder, reason: str, message: str) -> None:
     b.finish(False, reason, message)
 
 
-def _lost(b: _Builder, detail: str) -> None:
+def _lost(b: _Builder, detail: str, *, reason: str = c.POD_LOST) -> None:
     obs = b.obs
     failures = int(obs.status.get("podFailures") or 0) + 1
     b.set(podFailures=failures)
@@ -617,9 +676,9 @@ def _lost(b: _Builder, detail: str) -> None:
         )
         _fail_semantic(b, c.BACKOFF_LIMIT_EXCEEDED, _short(message))
         return
-    b.event("Warning", c.POD_LOST, _short(f"recreating the agent pod: {detail}"))
-    b.move(Phase.PENDING, c.POD_LOST, _short(detail), warn=True)
-    b.condition(c.READY, False, c.POD_LOST, _short(detail))
+    b.event("Warning", reason, _short(f"recreating the agent pod: {detail}"))
+    b.move(Phase.PENDING, reason, _short(detail), warn=True)
+    b.condition(c.READY, False, reason, _short(detail))
 
 
 def _agent_ended(b: _Builder, outcome: AgentOutcome) -> None:
@@ -707,7 +766,16 @@ def pod_view(
             cond.get("type") == "Ready" and cond.get("status") == "True"
             for cond in status.get("conditions") or []
         ),
+        disruption=_disruption(status.get("conditions") or []),
     )
+
+
+def _disruption(conditions: Sequence[Mapping[str, Any]]) -> str | None:
+    for cond in conditions:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            text = f"{cond.get('reason') or 'DisruptionTarget'}: {cond.get('message') or ''}"
+            return _short(text.rstrip(": "))
+    return None
 
 
 def archive_view(

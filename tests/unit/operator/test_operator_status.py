@@ -154,13 +154,167 @@ TABLE: list[
         [Action.DELETE_POD],
     ),
     (
-        "exit 0 without result -> Completed",
+        # Not a success: the contract is exit 0 and a result (a bare image's shell exits 0).
+        "exit 0 without result -> AgentError",
         {"phase": "Running"},
         spec(),
         {"pod": ended_pod(0)},
         "Archiving",
+        "AgentError",
+        [Action.DELETE_POD],
+    ),
+    (
+        # The flaky case of a bare image: its shell exits 0 before the sidecar's StartError is
+        # reported. Undecided until the pod is final, then the sidecar's problem is seen.
+        "exit 0 without result, sidecar not reported yet -> wait",
+        {"phase": "Running"},
+        spec(),
+        {
+            "pod": PodView(
+                phase="Running",
+                created_at=EARLIER,
+                agent=ContainerView(terminated=True, exit_code=0),
+                sidecar=ContainerView(waiting_reason="PodInitializing"),
+            )
+        },
+        "Running",
+        None,
+        [],
+    ),
+    (
+        "exit 0 without result, sidecar StartError -> CreateContainerFailed",
+        {"phase": "Running"},
+        spec(),
+        {
+            "pod": PodView(
+                phase="Succeeded",
+                created_at=EARLIER,
+                agent=ContainerView(terminated=True, exit_code=0),
+                sidecar=ContainerView(terminated=True, exit_code=128, reason="StartError"),
+            )
+        },
+        "Failed",
+        "CreateContainerFailed",
+        [Action.DELETE_POD],
+    ),
+    (
+        "OOM-killed agent -> OOMKilled, archived",
+        {"phase": "Running"},
+        spec(),
+        {
+            "pod": PodView(
+                phase="Failed",
+                created_at=EARLIER,
+                agent=ContainerView(terminated=True, exit_code=137, reason="OOMKilled"),
+            )
+        },
+        "Archiving",
+        "OOMKilled",
+        [Action.DELETE_POD],
+    ),
+    (
+        # agent_start.sh writes AgentError after the kill; the container's reason says why.
+        "OOM-killed agent with its entry script's result -> OOMKilled",
+        {"phase": "Running"},
+        spec(),
+        {
+            "pod": PodView(
+                phase="Failed",
+                created_at=EARLIER,
+                agent=ContainerView(
+                    terminated=True,
+                    exit_code=137,
+                    reason="OOMKilled",
+                    message=json.dumps(
+                        {"outcome": "Failed", "reason": "AgentError", "message": "exit 137"}
+                    ),
+                ),
+            )
+        },
+        "Archiving",
+        "OOMKilled",
+        [Action.DELETE_POD],
+    ),
+    (
+        # A tool's child was OOM-killed (the runtime keeps the reason) but the agent succeeded.
+        "OOM in a child of a successful agent -> Completed",
+        {"phase": "Running"},
+        spec(),
+        {
+            "pod": PodView(
+                phase="Succeeded",
+                created_at=EARLIER,
+                agent=ContainerView(
+                    terminated=True, exit_code=0, reason="OOMKilled", message=OK_RESULT
+                ),
+            )
+        },
+        "Archiving",
         "Completed",
         [Action.DELETE_POD],
+    ),
+    (
+        # The kubelet killed the agent under node pressure: exit 137, no result. Infrastructure.
+        "kubelet eviction with a killed agent -> recreate, not AgentError",
+        {"phase": "Running"},
+        spec(),
+        {"pod": ended_pod(137, None, reason="Evicted", message="The node was low on memory.")},
+        "Pending",
+        None,  # status.reason is the job's final reason; the Ready condition says PodEvicted
+        [Action.DELETE_POD],
+    ),
+    (
+        "kubelet eviction after the agent succeeded -> its success counts",
+        {"phase": "Running"},
+        spec(),
+        {"pod": ended_pod(0, OK_RESULT, reason="Evicted")},
+        "Archiving",
+        "Completed",
+        [Action.DELETE_POD],
+    ),
+    (
+        # The Eviction API: the pod is deleted gracefully, the agent writes Failed/Terminated.
+        "API eviction while running -> counted once, recreated when gone",
+        {"phase": "Running"},
+        spec(),
+        {
+            "pod": ended_pod(
+                143,
+                json.dumps({"outcome": "Failed", "reason": "Terminated", "message": "SIGTERM"}),
+                deleting=True,
+                disruption="EvictionByEvictionAPI: Eviction API: evicting",
+            )
+        },
+        "Pending",
+        None,  # status.reason is the job's final reason; the Ready condition says PodEvicted
+        [Action.DELETE_POD],  # already on its way out: a no-op
+    ),
+    (
+        "API eviction already counted -> wait for the pod to go",
+        {"phase": "Pending", "podFailures": 1},
+        spec(),
+        {"pod": ended_pod(143, None, deleting=True, disruption="EvictionByEvictionAPI: x")},
+        "Pending",
+        None,
+        [],
+    ),
+    (
+        "workspace PVC gone while archiving -> ArchiveFailed",
+        {"phase": "Archiving", "outcome": "Succeeded", "reason": "Completed"},
+        spec(),
+        {"workspace_gone": "the workspace PersistentVolumeClaim x is gone"},
+        "Failed",
+        "ArchiveFailed",
+        [],
+    ),
+    (
+        "workspace PVC gone under a waiting archiver -> ArchiveFailed, Job deleted",
+        {"phase": "Archiving", "outcome": "Succeeded", "reason": "Completed"},
+        spec(),
+        {"workspace_gone": "gone", "archive": ArchiveJobView()},
+        "Failed",
+        "ArchiveFailed",
+        [Action.DELETE_ARCHIVE_JOB],
     ),
     (
         "deadline exceeded -> archived failure",
@@ -837,6 +991,61 @@ POD = {
         ],
     },
 }
+
+
+def test_eviction_reason_and_count_reach_the_status() -> None:
+    before = {"phase": "Running", "podFailures": 0}
+    pod = ended_pod(137, None, deleting=True, disruption="EvictionByEvictionAPI: evicting")
+    decision = derive_status(observe(before, pod=pod))
+    assert decision.patch["podFailures"] == 1
+    ready = c.find_condition(decision.patch["conditions"], c.READY)
+    assert ready is not None and ready["reason"] == c.POD_EVICTED
+    assert "evicted: EvictionByEvictionAPI" in str(ready["message"])
+    assert [e.reason for e in decision.events] == [c.POD_EVICTED, c.POD_EVICTED]
+    assert "outcome" not in decision.patch  # not the agent's failure
+
+
+def test_eviction_past_the_backoff_limit_says_eviction() -> None:
+    pod = ended_pod(137, None, reason="Evicted", message="The node was low on memory.")
+    decision = derive_status(observe({"phase": "Running", "podFailures": 2}, pod=pod))
+    assert decision.patch["reason"] == c.BACKOFF_LIMIT_EXCEEDED
+    assert "Evicted: The node was low on memory." in decision.patch["message"]
+
+
+def test_exit_0_without_result_names_a_broken_sidecar() -> None:
+    pod = PodView(
+        phase="Succeeded",
+        created_at=EARLIER,
+        agent=ContainerView(terminated=True, exit_code=0),
+        sidecar=ContainerView(
+            waiting_reason="CrashLoopBackOff", last_reason="Error", restart_count=1
+        ),
+    )
+    decision = derive_status(observe({"phase": "Running"}, pod=pod))
+    assert decision.patch["outcome"] == "Failed"
+    assert "without writing its result" in decision.patch["message"]
+    assert "context-manager: CrashLoopBackOff" in decision.patch["message"]
+
+
+def test_pod_view_reads_the_disruption_target() -> None:
+    raw = {
+        "metadata": {"creationTimestamp": "2026-01-01T11:59:00Z"},
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "reason": "TerminationByKubelet",
+                    "message": "The node was low on resource: memory.",
+                }
+            ],
+        },
+    }
+    view = pod_view(raw)
+    assert view.disruption == "TerminationByKubelet: The node was low on resource: memory."
+    raw["status"]["conditions"][0]["status"] = "False"
+    assert pod_view(raw).disruption is None
 
 
 def test_pod_view() -> None:

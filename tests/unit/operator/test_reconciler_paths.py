@@ -495,6 +495,70 @@ def test_a_lost_pod_is_recreated_until_the_backoff_limit(make: Make) -> None:
     assert w.status["message"].startswith("agent pod lost 2 times (backoffLimit 1)")
 
 
+def test_a_kubelet_eviction_that_killed_the_agent_is_retried_not_failed(make: Make) -> None:
+    w = make({"task": "t", "model": MODEL, "backoffLimit": 1})
+    start(w)
+    # Node pressure: the kubelet killed the agent (137, its logs as the message) and failed the pod.
+    set_pod_status(
+        w.kube,
+        NS,
+        CHILD.pod,
+        phase="Failed",
+        reason="Evicted",
+        message="The node was low on resource: memory.",
+        agent=container_terminated("agent", 137, "step 3: writing app.py"),
+    )
+    w.run()
+    assert (w.status["phase"], w.status["podFailures"]) == ("Pending", 1)
+    assert "outcome" not in w.status
+    assert w.condition(c.READY) == ("False", c.POD_EVICTED)
+    w.run()
+    assert w.kube.get("Pod", NS, CHILD.pod) is not None  # recreated on the same workspace
+
+
+def test_an_api_eviction_is_counted_once_and_the_pod_recreated_when_gone(make: Make) -> None:
+    w = make()
+    start(w)
+    pod = w.kube.objects[("Pod", NS, CHILD.pod)]
+    pod["metadata"]["deletionTimestamp"] = "2026-01-01T12:00:00Z"
+    pod["status"]["conditions"] = [
+        {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}
+    ]
+    for _ in range(3):  # the pod takes its grace period to go: counted once
+        w.run()
+    assert (w.status["phase"], w.status["podFailures"]) == ("Pending", 1)
+    assert len([x for x in w.kube.calls_of("create") if x[1] == "Pod"]) == 1
+    w.kube.objects.pop(("Pod", NS, CHILD.pod))
+    w.run()
+    assert w.kube.get("Pod", NS, CHILD.pod) is not None
+    assert w.status["podFailures"] == 1
+
+
+def test_a_workspace_pvc_gone_while_archiving_ends_archive_failed(make: Make) -> None:
+    w = make()
+    to_archiving(w)
+    w.run()
+    assert w.kube.get("Job", NS, CHILD.archive_job) is not None
+    # Deleted while the archiver waits to mount it: it would stay Pending for good.
+    w.kube.objects.pop(("PersistentVolumeClaim", NS, CHILD.workspace))
+    w.run()
+    assert (w.status["phase"], w.status["reason"]) == ("Failed", c.ARCHIVE_FAILED)
+    assert CHILD.workspace in w.status["message"] and "gone" in w.status["message"]
+    assert w.kube.get("Job", NS, CHILD.archive_job) is None
+
+
+def test_a_workspace_pvc_being_deleted_gets_no_archiver(make: Make) -> None:
+    w = make()
+    start(w)
+    pvc = w.kube.objects[("PersistentVolumeClaim", NS, CHILD.workspace)]
+    pvc["metadata"]["deletionTimestamp"] = "2026-01-01T12:00:00Z"
+    end_agent(w)
+    w.run()
+    assert (w.status["phase"], w.status["reason"]) == ("Failed", c.ARCHIVE_FAILED)
+    assert "being deleted" in w.status["message"]
+    assert w.kube.get("Job", NS, CHILD.archive_job) is None
+
+
 def test_the_pod_deadline_fails_the_agent_and_still_archives(make: Make) -> None:
     w = make({"task": "t", "model": MODEL, "limits": {"activeDeadlineSeconds": 60}})
     start(w)
