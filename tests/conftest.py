@@ -14,6 +14,7 @@ pytest_plugins: list[str] = [
     "tests.fixtures.scripted_model",
     "tests.fixtures.minio",
     "tests.fixtures.relay",
+    "tests.fixtures.release",
 ]
 
 #: Tests allowed to skip under CI=true, by node id, each with the reviewed reason. Empty: a skip

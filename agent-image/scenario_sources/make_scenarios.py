@@ -229,7 +229,32 @@ def scenarios() -> dict[str, Any]:
         ],
         "afterLastTurn": "error",
     }
+    # The fault campaign (tests/faults) injects its fault while the agent waits at the gate, in
+    # a phase it chose; the wait is one idempotent tool call, so a restarted agent re-runs it.
+    gated = {
+        "description": "Scripted test model (a fixture): makes gate/, waits until the test "
+        "creates gate/go, lists the gate and finishes; for the fault campaign, which injects "
+        "its fault while the agent waits (or right after it released the gate).",
+        "turns": [
+            turn(
+                "Opening the gate directory.", call("bash", command="mkdir -p gate && echo ready")
+            ),
+            turn(
+                "Waiting at the gate.",
+                call(
+                    "bash",
+                    command="until [ -e gate/go ]; do sleep 0.5; done; echo gate released",
+                    timeout=3000,
+                ),
+                expect=["ready"],
+            ),
+            turn(None, call("bash", command="ls gate && echo listed"), expect=["gate released"]),
+            turn(None, call("finish", summary="Passed the gate."), expect=["listed"]),
+        ],
+        "afterLastTurn": "error",
+    }
     return {
+        "gated": gated,
         "todo-app": todo,
         "fail": fail,
         "never-finish": never,

@@ -3,7 +3,6 @@ operator's /metrics, and a failover between its two replicas."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import time
 import urllib.request
@@ -16,26 +15,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import (
     ARTIFACTS,
-    RELEASE,
     SYSTEM_NAMESPACE,
     Jobs,
     port_forward,
     wait_for,
 )
+from tests.fixtures.release import active_replica, operator_pods, peers
 
 pytestmark = pytest.mark.e2e
 
-#: The chart's default metrics port and the ClusterKopfPeering of the e2e release.
+#: The chart's default metrics port.
 METRICS_PORT = 8082
-PEERING = f"{RELEASE}-codingjob-operator"
-OPERATOR_SELECTOR = "app.kubernetes.io/component=operator"
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def operator_pods(core: client.CoreV1Api) -> list[client.V1Pod]:
-    pods = core.list_namespaced_pod(SYSTEM_NAMESPACE, label_selector=OPERATOR_SELECTOR).items
-    return [p for p in pods if not p.metadata.deletion_timestamp]
 
 
 def scrape(core: client.CoreV1Api) -> Series:
@@ -116,24 +108,6 @@ def test_kubectl_wait_and_metrics(
     assert value(after, "codingjob_tokens_total", **mine) > 0
     duration = "codingjob_reconcile_duration_seconds_count"
     assert value(after, duration) > value(before, duration)
-
-
-def peers(api: client.CustomObjectsApi) -> dict[str, dict[str, Any]]:
-    """The live peers on the release's ClusterKopfPeering, by identity (the pod name)."""
-    obj = api.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", PEERING)
-    now = datetime.datetime.now(datetime.UTC)
-    live = {}
-    for identity, info in (obj.get("status") or {}).items():
-        seen = datetime.datetime.fromisoformat(info["lastseen"])
-        if seen + datetime.timedelta(seconds=int(info["lifetime"])) > now:
-            live[identity] = info
-    return live
-
-
-def active_replica(api: client.CustomObjectsApi) -> str:
-    live = peers(api)
-    assert len({p["priority"] for p in live.values()}) == len(live), f"shared priority: {live}"
-    return max(live, key=lambda identity: live[identity]["priority"])
 
 
 def test_failover_mid_run(jobs: Jobs, minio_forward: int, kube_api: client.ApiClient) -> None:

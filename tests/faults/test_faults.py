@@ -1,0 +1,704 @@
+"""The fault campaign: kill, evict, starve and cut parts of the system while CodingJobs run on the
+real cluster (the chart as tests/e2e installs it), and check what every job ends with.
+
+Each case runs one job of the scripted scenario ``gated`` (it waits at ``gate/`` until the test
+creates ``gate/go``) in a namespace of its own, so the fault is injected in a phase the test
+chose. Every case asserts: no two agent pods or archiver Jobs at once, the files the test wrote
+into the workspace before the fault are in the final ZIP with their content, a final phase and
+reason that say what happened, and no operator restart loop.
+
+The cases run concurrently. Those that disturb everybody are made compatible: operator kills are
+serialised (the next waits until the replacement replica has joined), and MinIO is stopped only
+once every other case is final. The table (fault, phase, outcome, data intact, time to recover) is
+printed and saved under artifacts/faults/.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import io
+import json
+import os
+import secrets
+import signal
+import subprocess
+import threading
+import time
+import traceback
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from codingjob_operator import names
+from kubernetes import client
+
+from tests.fixtures.cluster import fresh_namespace, kubectl, tool
+from tests.fixtures.release import (
+    FAULT_ARTIFACTS,
+    FINAL_PHASES,
+    SYSTEM_NAMESPACE,
+    Jobs,
+    active_replica,
+    free_port,
+    make_jobs,
+    operator_pods,
+    peers,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+
+SCENARIO = "gated"
+#: Model calls of the gated scenario: a repeated or lost step shows as another count.
+STEPS = 4
+JOB = "job"
+WORKSPACE_PVC = names.child_names(JOB).workspace
+WORKSPACE = "/workspace"
+#: How long MinIO stays down.
+MINIO_OUTAGE_S = 30
+#: Bytes of random data the Archiving-phase operator kill has to upload (so the upload takes a
+#: moment), in MiB.
+BIG_FILE_MIB = 64
+JOB_LABEL = "codingjob.dev/job"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+SIDECAR_COMMAND = b"codingjob-context-manager"
+#: Run in the agent container: the agent's own process becomes the one the kernel kills first
+#: (its oom_score_adj raised, as an unprivileged process may), then memory runs out.
+OOM_HOG = """
+import os
+for pid in os.listdir("/proc"):
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+    except OSError:
+        continue
+    if any(part.endswith(b"codingjob-agent") for part in cmd[:2]):
+        with open(f"/proc/{pid}/oom_score_adj", "w") as adj:
+            adj.write("1000")
+hog = b"a" * (2 << 30)
+"""
+
+
+class Campaign:
+    """What the cases share: API clients, the MinIO download path, and the disruption locks."""
+
+    def __init__(self, release: str, kube_api: client.ApiClient) -> None:
+        self.release = release
+        self.kube_api = kube_api
+        self.core = client.CoreV1Api(kube_api)
+        self.batch = client.BatchV1Api(kube_api)
+        self.custom = client.CustomObjectsApi(kube_api)
+        #: One operator kill at a time: the next waits until the replacement replica joined.
+        self.operator_kill = threading.Lock()
+        #: Set once every case but the MinIO one is final.
+        self.quiet = threading.Event()
+        self.minio = MinioPath(self.core)
+        self.runs: list[Run] = []
+
+    def pods_and_jobs(self) -> tuple[list[client.V1Pod], list[client.V1Job]]:
+        pods = self.core.list_pod_for_all_namespaces(label_selector=JOB_LABEL).items
+        batch = self.batch.list_job_for_all_namespaces(label_selector=JOB_LABEL).items
+        return pods, batch
+
+
+class MinioPath:
+    """Downloads of presigned URLs through a port-forward of its own (restartable, since MinIO
+    is stopped by one case); the URLs' host goes in the Host header they are signed for."""
+
+    def __init__(self, core: client.CoreV1Api) -> None:
+        self.core = core
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+
+    def _service(self) -> str:
+        svc = self.core.list_namespaced_service(
+            SYSTEM_NAMESPACE, label_selector=f"{COMPONENT_LABEL}=minio"
+        ).items[0]
+        return f"svc/{svc.metadata.name}"
+
+    def restart(self) -> None:
+        with self.lock:
+            self.close()
+            self.port = free_port()
+            self.proc = subprocess.Popen(
+                [
+                    tool("kubectl"),
+                    "-n",
+                    SYSTEM_NAMESPACE,
+                    "port-forward",
+                    self._service(),
+                    f"{self.port}:9000",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def download(self, url: str) -> bytes:
+        parts = urllib.parse.urlsplit(url)
+        last: Exception | None = None
+        for _ in range(20):
+            local = parts._replace(netloc=f"127.0.0.1:{self.port}").geturl()
+            request = urllib.request.Request(local, headers={"Host": parts.netloc})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    body: bytes = response.read()
+                    return body
+            except OSError as error:  # the forward is still starting, or lost its pod
+                last = error
+                time.sleep(1)
+                if self.proc is None or self.proc.poll() is not None:
+                    self.restart()
+        raise AssertionError(f"cannot download {parts.path}: {last}")
+
+
+@dataclass
+class Run:
+    """One case's job, and what the campaign saw of it."""
+
+    fault: str
+    phase: str
+    jobs: Jobs
+    written: dict[str, str] = field(default_factory=dict)
+    agent_uids: set[str] = field(default_factory=set)
+    archiver_uids: set[str] = field(default_factory=set)
+    most_agents: int = 0
+    most_archivers: int = 0
+    fault_at: float | None = None
+    recovered_after: float | None = None
+    final: dict[str, Any] = field(default_factory=dict)
+    data: str = "-"
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def namespace(self) -> str:
+        return self.jobs.namespace
+
+    # Driving the job.
+
+    def start(self, **spec: Any) -> None:
+        spec.setdefault("gui", {"enabled": False})
+        spec.setdefault("jupyter", {"enabled": False})
+        self.jobs.apply(self.jobs.manifest(JOB, SCENARIO, **spec))
+
+    def pod(self) -> str:
+        pod = self.jobs.agent_pod(JOB)
+        assert pod is not None, "no agent pod"
+        return str(pod.metadata.name)
+
+    def exec(self, command: str, check: bool = True) -> str:
+        """Run ``sh -c command`` in the agent container."""
+        return self.exec_argv("sh", "-c", command, check=check)
+
+    def exec_argv(self, *argv: str, check: bool = True) -> str:
+        proc = kubectl(
+            "exec",
+            "-n",
+            self.namespace,
+            self.pod(),
+            "-c",
+            "agent",
+            "--",
+            *argv,
+            check=check,
+            timeout=120,
+        )
+        return proc.stdout
+
+    def at_gate(self, timeout: float = 300) -> None:
+        """Wait until the agent runs and waits at the gate."""
+
+        def waiting() -> bool:
+            if self.jobs.status(JOB).get("phase") != "Running":
+                return False
+            pod = self.jobs.agent_pod(JOB)
+            if pod is None or pod.metadata.deletion_timestamp:
+                return False
+            probe = f"test -d {WORKSPACE}/gate && echo at-gate"
+            return "at-gate" in self.exec(probe, check=False)
+
+        wait_for(f"{self.fault}: agent at the gate", waiting, timeout, interval=1.0)
+
+    def write(self, path: str, content: str | None = None) -> None:
+        """A file the final ZIP must hold, with this content."""
+        content = content or secrets.token_hex(16)
+        directory = os.path.dirname(path)
+        mkdir = f"mkdir -p {WORKSPACE}/{directory} && " if directory else ""
+        self.exec(f"{mkdir}printf %s {content} > {WORKSPACE}/{path} && sync")
+        self.written[path] = content
+
+    def release(self) -> None:
+        self.exec(f"touch {WORKSPACE}/gate/go")
+
+    def fault_now(self) -> None:
+        self.fault_at = time.monotonic()
+
+    def recovered(self) -> None:
+        if self.fault_at is not None and self.recovered_after is None:
+            self.recovered_after = time.monotonic() - self.fault_at
+
+    def finish(self, timeout: float = 420) -> dict[str, Any]:
+        self.final = self.jobs.wait_phase(JOB, FINAL_PHASES, timeout)
+        return self.final
+
+    def events(self) -> list[str]:
+        items = self.jobs.core.list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={JOB}"
+        ).items
+        return [str(e.reason) for e in items]
+
+    # Checks every case makes.
+
+    def check_archive(self, minio: MinioPath) -> zipfile.ZipFile:
+        """The ZIP of the status: size and sha256 as recorded, every written file in it."""
+        artifact = self.final.get("artifact")
+        assert artifact, f"no artifact in the status: {self.final}"
+        body = minio.download(self.final["downloadURL"])
+        assert len(body) == artifact["size"]
+        assert hashlib.sha256(body).hexdigest() == artifact["sha256"]
+        archive = zipfile.ZipFile(io.BytesIO(body))
+        names = set(archive.namelist())
+        for path, content in self.written.items():
+            assert path in names, f"{path} is not in the ZIP ({len(names)} entries)"
+            assert archive.read(path).decode() == content, f"{path} changed"
+        self.data = f"yes ({len(self.written)} files)"
+        return archive
+
+    def check_children(self) -> None:
+        assert self.most_agents <= 1, f"{self.most_agents} agent pods at once"
+        assert self.most_archivers <= 1, f"{self.most_archivers} archiver Jobs at once"
+        attempts = int(self.final.get("archiveAttempts") or 0)
+        assert len(self.archiver_uids) <= max(1, attempts), (
+            f"{len(self.archiver_uids)} archiver Jobs for {attempts} attempts"
+        )
+
+    def outcome(self) -> str:
+        if self.error:
+            return f"ERROR: {self.error.splitlines()[0][:80]}"
+        return f"{self.final.get('phase')}/{self.final.get('reason')}"
+
+
+def observe(campaign: Campaign, stop: threading.Event) -> None:
+    """Once a second: the agent pods and archiver Jobs of every case, for the no-duplicate check."""
+    by_namespace = {run.namespace: run for run in campaign.runs}
+    while not stop.wait(1.0):
+        with contextlib.suppress(Exception):
+            pods, batch = campaign.pods_and_jobs()
+            agents: dict[str, int] = {}
+            archivers: dict[str, int] = {}
+            for pod in pods:
+                run = by_namespace.get(pod.metadata.namespace)
+                if run is not None and pod.metadata.labels.get(COMPONENT_LABEL) == "agent":
+                    run.agent_uids.add(pod.metadata.uid)
+                    agents[run.namespace] = agents.get(run.namespace, 0) + 1
+            for job in batch:
+                run = by_namespace.get(job.metadata.namespace)
+                if run is not None and job.metadata.labels.get(COMPONENT_LABEL) == "archiver":
+                    run.archiver_uids.add(job.metadata.uid)
+                    archivers[run.namespace] = archivers.get(run.namespace, 0) + 1
+            for run in campaign.runs:
+                run.most_agents = max(run.most_agents, agents.get(run.namespace, 0))
+                run.most_archivers = max(run.most_archivers, archivers.get(run.namespace, 0))
+
+
+# Faults.
+
+
+def kill_active_operator(campaign: Campaign) -> str:
+    """SIGKILL the active replica (grace 0); returns its name. Hold ``operator_kill``."""
+    wait_for("two live operator peers", lambda: len(peers(campaign.custom)) == 2, 120)
+    active = active_replica(campaign.custom)
+    kubectl(
+        "delete",
+        "pod",
+        active,
+        "-n",
+        SYSTEM_NAMESPACE,
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    )
+    return active
+
+
+def wait_replacement(campaign: Campaign, killed: str) -> float:
+    """Seconds until a surviving replica took over (and then until the replacement joined)."""
+    started = time.monotonic()
+
+    def taken_over() -> bool:
+        live = peers(campaign.custom)
+        return bool(live) and killed not in live and active_replica(campaign.custom) != killed
+
+    wait_for("a replica taking over", taken_over, 120, interval=0.5)
+    takeover = time.monotonic() - started
+    wait_for("the replacement replica", lambda: len(operator_pods(campaign.core)) == 2, 180)
+    wait_for("two live peers again", lambda: len(peers(campaign.custom)) == 2, 120)
+    return takeover
+
+
+def kill_sidecar_process(run: Run) -> list[int]:
+    """SIGKILL the context-manager's processes from the node (a crash, not a clean stop): its
+    PID 1 cannot be killed from inside its own container. Returns the PIDs."""
+    pod = run.jobs.agent_pod(JOB)
+    assert pod is not None
+    uid = str(pod.metadata.uid)
+    marks = (uid.encode(), uid.replace("-", "_").encode())
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cgroup = (entry / "cgroup").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if any(m in cgroup for m in marks) and SIDECAR_COMMAND in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    assert killed, (
+        "the context-manager's process is not on this machine: the campaign runs on the "
+        "cluster's node (the local cluster of hack/cluster)"
+    )
+    return killed
+
+
+def sidecar_restarts(run: Run) -> int:
+    pod = run.jobs.agent_pod(JOB)
+    statuses = (pod.status.init_container_statuses if pod and pod.status else None) or []
+    return sum(s.restart_count for s in statuses if s.name == "context-manager")
+
+
+def minio_deployment(campaign: Campaign) -> str:
+    deployments = client.AppsV1Api(campaign.kube_api).list_namespaced_deployment(
+        SYSTEM_NAMESPACE, label_selector=f"{COMPONENT_LABEL}=minio"
+    )
+    return str(deployments.items[0].metadata.name)
+
+
+# The cases: each drives its job, injects its fault and asserts the outcome.
+
+
+def case_evicted(run: Run, campaign: Campaign) -> None:
+    run.start()
+    run.at_gate()
+    run.write("before-eviction/notes.txt")
+    old = run.pod()
+    first = run.agent_uids | {run.jobs.agent_pod(JOB).metadata.uid}  # type: ignore[union-attr]
+    run.fault_now()
+    campaign.core.create_namespaced_pod_eviction(
+        old,
+        run.namespace,
+        client.V1Eviction(metadata=client.V1ObjectMeta(name=old, namespace=run.namespace)),
+    )
+    wait_for(
+        "a new agent pod",
+        lambda: (
+            (p := run.jobs.agent_pod(JOB)) is not None
+            and p.metadata.uid not in first
+            and p.metadata.deletion_timestamp is None
+        ),
+        180,
+    )
+    run.at_gate()
+    run.recovered()
+    run.write("after-eviction/notes.txt")
+    run.release()
+    final = run.finish()
+    assert (final["phase"], final["reason"]) == ("Succeeded", "Completed"), final
+    assert final.get("podFailures") == 1, final
+    assert "PodEvicted" in run.events(), run.events()
+    run.check_archive(campaign.minio)
+
+
+def case_oom(run: Run, campaign: Campaign) -> None:
+    run.start(resources={"requests": {"memory": "256Mi"}, "limits": {"memory": "768Mi"}})
+    run.at_gate()
+    run.write("before-oom/notes.txt")
+    run.fault_now()
+    run.exec_argv("python3", "-c", OOM_HOG, check=False)
+    final = run.finish()
+    run.recovered()
+    assert (final["phase"], final["reason"]) == ("Failed", "OOMKilled"), final
+    assert not final.get("podFailures"), final
+    run.check_archive(campaign.minio)
+
+
+def case_operator_killed_running(run: Run, campaign: Campaign) -> None:
+    run.start()
+    run.at_gate()
+    run.write("before-operator-kill/notes.txt")
+    with campaign.operator_kill:
+        killed = kill_active_operator(campaign)
+        run.fault_now()
+        run.release()
+        run.recovered_after = wait_replacement(campaign, killed)
+    final = run.finish()
+    assert (final["phase"], final["reason"]) == ("Succeeded", "Completed"), final
+    assert len(run.agent_uids) == 1 and not final.get("podFailures"), final
+    assert final.get("steps") == STEPS, final
+    run.check_archive(campaign.minio)
+
+
+def case_operator_killed_archiving(run: Run, campaign: Campaign) -> None:
+    run.start(workspace={"size": "1Gi"})
+    run.at_gate()
+    run.write("before-operator-kill/notes.txt")
+    # Random bytes do not compress: the archiver has a real upload to do when the kill comes.
+    run.exec(f"head -c {BIG_FILE_MIB}M /dev/urandom > {WORKSPACE}/big.bin && sync")
+    big = run.exec(f"sha256sum {WORKSPACE}/big.bin").split()[0]
+    with campaign.operator_kill:
+        run.release()
+        wait_for(
+            "the archiver Job",
+            lambda: run.archiver_uids or run.jobs.status(JOB).get("phase") in FINAL_PHASES,
+            240,
+            interval=0.2,
+        )
+        phase = run.jobs.status(JOB).get("phase")
+        run.notes.append(f"killed in {phase}")
+        killed = kill_active_operator(campaign)
+        run.fault_now()
+        run.recovered_after = wait_replacement(campaign, killed)
+    final = run.finish()
+    assert (final["phase"], final["reason"]) == ("Succeeded", "Completed"), final
+    assert final.get("archiveAttempts") == 1 and len(run.archiver_uids) == 1, final
+    archive = run.check_archive(campaign.minio)
+    assert hashlib.sha256(archive.read("big.bin")).hexdigest() == big
+
+
+def case_sidecar_killed(run: Run, campaign: Campaign) -> None:
+    run.start()
+    run.at_gate()
+    run.write("before-sidecar-kill/notes.txt")
+    run.release()
+    # The agent sees the gate within half a second and asks for its next step, which the
+    # scripted model answers after 2 s: the sidecar dies with the step in flight.
+    time.sleep(1.0)
+    run.fault_now()
+    kill_sidecar_process(run)
+    wait_for("the sidecar restarted", lambda: sidecar_restarts(run) >= 1, 120, interval=0.5)
+    run.recovered()
+    final = run.finish()
+    assert (final["phase"], final["reason"]) == ("Succeeded", "Completed"), final
+    assert final.get("steps") == STEPS, f"steps {final.get('steps')}, not {STEPS}: {final}"
+    assert len(run.agent_uids) == 1 and not final.get("podFailures"), final
+    run.check_archive(campaign.minio)
+
+
+def case_suspend_resume(run: Run, campaign: Campaign) -> None:
+    run.start()
+    run.at_gate()
+    run.write("cycle-0.txt")
+    for cycle in range(1, 4):
+        run.jobs.patch_spec(JOB, {"suspend": True})
+        run.jobs.wait_phase(JOB, {"Suspended"}, 120)
+        wait_for("the agent pod gone", lambda: run.jobs.agent_pod(JOB) is None, 120)
+        run.jobs.patch_spec(JOB, {"suspend": False})
+        run.fault_at = time.monotonic()
+        run.at_gate()
+        run.recovered_after = time.monotonic() - run.fault_at
+        run.write(f"cycle-{cycle}.txt")
+    run.release()
+    final = run.finish()
+    assert (final["phase"], final["reason"]) == ("Succeeded", "Completed"), final
+    assert not final.get("podFailures"), final
+    assert len(run.agent_uids) == 4, f"{len(run.agent_uids)} agent pods for 3 resumes"
+    run.check_archive(campaign.minio)
+
+
+def case_pvc_gone(run: Run, campaign: Campaign) -> None:
+    run.start()
+    run.at_gate()
+    run.write("lost.txt")
+    # Deleted while mounted: it goes (with its data) when the agent pod goes, before archiving.
+    run.jobs.kubectl("delete", "pvc", WORKSPACE_PVC, "-n", run.namespace, "--wait=false")
+    run.release()
+    run.jobs.wait_phase(JOB, {"Archiving", *FINAL_PHASES}, 240)
+    run.fault_now()
+    final = run.finish(timeout=180)
+    run.recovered()
+    assert (final["phase"], final["reason"]) == ("Failed", "ArchiveFailed"), final
+    assert "PersistentVolumeClaim" in final["message"], final
+    assert run.recovered_after is not None and run.recovered_after < 120
+    run.data = "n/a (the volume itself was deleted)"
+
+
+def case_minio_stopped(run: Run, campaign: Campaign) -> None:
+    run.start()
+    run.at_gate()
+    run.write("before-minio-stop/notes.txt")
+    # Every other case is final first: their archives must not wait on this outage.
+    assert campaign.quiet.wait(900), "the other cases did not finish"
+    earlier = next((r for r in campaign.runs if r.final.get("artifact")), None)
+    deployment = minio_deployment(campaign)
+    run.release()
+    run.jobs.wait_phase(JOB, {"Archiving", *FINAL_PHASES}, 240)
+    run.notes.append(f"archiver started: {bool(run.archiver_uids)}")
+    run.fault_now()
+    kubectl("scale", "deployment", deployment, "-n", SYSTEM_NAMESPACE, "--replicas=0")
+    kubectl(
+        "wait",
+        "--for=delete",
+        "pod",
+        "-l",
+        f"{COMPONENT_LABEL}=minio",
+        "-n",
+        SYSTEM_NAMESPACE,
+        "--timeout=120s",
+        check=False,
+    )
+    time.sleep(MINIO_OUTAGE_S)
+    kubectl("scale", "deployment", deployment, "-n", SYSTEM_NAMESPACE, "--replicas=1")
+    kubectl(
+        "rollout",
+        "status",
+        "deployment",
+        deployment,
+        "-n",
+        SYSTEM_NAMESPACE,
+        "--timeout=180s",
+        timeout=200,
+    )
+    back = time.monotonic()
+    campaign.minio.restart()
+    final = run.finish()
+    run.recovered_after = time.monotonic() - back
+    assert (final["phase"], final["reason"]) == ("Succeeded", "Completed"), final
+    run.check_archive(campaign.minio)
+    if earlier is not None:
+        # MinIO came back with its data: an archive made before the outage is still there.
+        earlier.check_archive(campaign.minio)
+        run.notes.append(f"{earlier.fault}'s archive intact after the restart")
+
+
+@dataclass(frozen=True)
+class Case:
+    fault: str
+    phase: str
+    drive: Callable[[Run, Campaign], None]
+    #: Runs its fault only once every other case is final.
+    last: bool = False
+
+
+CASES = [
+    Case("agent evicted (Eviction API)", "Running", case_evicted),
+    Case("agent OOM-killed", "Running", case_oom),
+    Case("operator SIGKILLed", "Running", case_operator_killed_running),
+    Case("operator SIGKILLed", "Archiving", case_operator_killed_archiving),
+    Case("context-manager SIGKILLed", "Running (mid-step)", case_sidecar_killed),
+    Case("suspend/resume x3, writes between", "Running", case_suspend_resume),
+    Case("workspace PVC deleted", "Running -> Archiving", case_pvc_gone),
+    Case(f"MinIO stopped {MINIO_OUTAGE_S}s, restarted", "Archiving", case_minio_stopped, last=True),
+]
+
+
+def table(runs: list[Run]) -> str:
+    rows = [("fault", "phase", "outcome", "data intact", "recover (s)", "notes")]
+    for run in runs:
+        recover = f"{run.recovered_after:.1f}" if run.recovered_after is not None else "-"
+        rows.append((run.fault, run.phase, run.outcome(), run.data, recover, "; ".join(run.notes)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+        for row in rows
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def namespaces(core: client.CoreV1Api, count: int) -> Iterator[list[str]]:
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(fresh_namespace(core, f"faults-{i}")) for i in range(count)]
+
+
+def operator_restarts(core: client.CoreV1Api) -> dict[str, int]:
+    return {
+        p.metadata.name: sum(cs.restart_count for cs in (p.status.container_statuses or []))
+        for p in operator_pods(core)
+    }
+
+
+@pytest.mark.timeout(1800)
+def test_fault_campaign(
+    operator_release: str, kube_api: client.ApiClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every fault of the campaign, concurrently, each against its own job; one table."""
+    campaign = Campaign(operator_release, kube_api)
+    restarts_before = operator_restarts(campaign.core)
+    started = time.monotonic()
+    with namespaces(campaign.core, len(CASES)) as names:
+        for case, namespace in zip(CASES, names, strict=True):
+            jobs = make_jobs(operator_release, namespace, kube_api)
+            campaign.runs.append(Run(case.fault, case.phase, jobs))
+        campaign.minio.restart()
+        stop = threading.Event()
+        watcher = threading.Thread(target=observe, args=(campaign, stop), daemon=True)
+        watcher.start()
+
+        def drive(case: Case, run: Run) -> None:
+            try:
+                case.drive(run, campaign)
+                run.check_children()
+            except Exception:  # every case reports, whichever failed
+                run.error = traceback.format_exc(limit=3)
+                with contextlib.suppress(Exception):
+                    run.final = run.final or run.jobs.status(JOB)
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor(len(CASES)) as pool:
+                pairs = list(zip(CASES, campaign.runs, strict=True))
+                first = [pool.submit(drive, c, r) for c, r in pairs if not c.last]
+                rest = [pool.submit(drive, c, r) for c, r in pairs if c.last]
+                concurrent.futures.wait(first)
+                campaign.quiet.set()
+                concurrent.futures.wait(rest)
+        finally:
+            stop.set()
+            watcher.join(5)
+            campaign.minio.close()
+    elapsed = time.monotonic() - started
+
+    restarts_after = operator_restarts(campaign.core)
+    looping = {p: n for p, n in restarts_after.items() if n > restarts_before.get(p, 0)}
+    report = table(campaign.runs)
+    summary = f"fault campaign: {len(CASES)} cases in {elapsed:.0f}s"
+    FAULT_ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (FAULT_ARTIFACTS / "faults.md").write_text(f"{summary}\n\n{report}\n")
+    (FAULT_ARTIFACTS / "faults.json").write_text(
+        json.dumps(
+            [
+                {
+                    "fault": r.fault,
+                    "phase": r.phase,
+                    "outcome": r.outcome(),
+                    "dataIntact": r.data,
+                    "recoverSeconds": r.recovered_after,
+                    "notes": r.notes,
+                    "error": r.error,
+                    "final": {k: r.final.get(k) for k in ("phase", "reason", "message")},
+                }
+                for r in campaign.runs
+            ],
+            indent=2,
+        )
+    )
+    with capsys.disabled():
+        print(f"\n{summary}\n{report}\n")
+    errors = [f"{r.fault} ({r.phase}):\n{r.error}" for r in campaign.runs if r.error]
+    assert not errors, "\n\n".join(errors)
+    assert not looping, f"operator containers restarted: {looping}"
