@@ -240,9 +240,11 @@ def classify(error: BaseException) -> StorageError:
             return TransientStorageError(message)
         return PermanentStorageError(message)
     if isinstance(error, InvalidResponseError):
-        # A non-S3 answer (a proxy's HTML page, an empty 5xx) is usually a gateway hiccup.
-        code = error.__reduce__()[1][0]  # type: ignore[no-untyped-call]
-        if isinstance(code, int) and 400 <= code < 500 and code not in _TRANSIENT_STATUS:
+        # A non-S3 answer (a proxy's HTML page, an empty 5xx) is usually a gateway hiccup. A 4xx
+        # without any body is no refusal either: MinIO answers so while it stops or starts (the
+        # fault campaign's MinIO restart failed jobs ArchiveFailed on it).
+        code, _type, body = error.__reduce__()[1][:3]  # type: ignore[no-untyped-call]
+        if isinstance(code, int) and 400 <= code < 500 and code not in _TRANSIENT_STATUS and body:
             return PermanentStorageError(message)
         return TransientStorageError(message)
     if isinstance(error, urllib3.exceptions.HTTPError | OSError | TimeoutError):

@@ -29,7 +29,7 @@ from codingjob_operator.storage import (
 )
 from codingjob_operator.ziparchive import ArchiveTooLargeError
 from minio.credentials.providers import AssumeRoleProvider
-from minio.error import S3Error, ServerError
+from minio.error import InvalidResponseError, S3Error, ServerError
 from pydantic import SecretStr
 
 MiB = 1024 * 1024
@@ -150,6 +150,10 @@ def s3_error(code: str, status: int) -> S3Error:
         (s3_error("SlowDown", 503), TransientStorageError),
         (s3_error("XMinioServerNotInitialized", 503), TransientStorageError),
         (ServerError("bad gateway", 502), TransientStorageError),
+        # A body-less 404 came from a stopping MinIO (fault campaign), a page from a proxy.
+        (InvalidResponseError(404, None, None), TransientStorageError),
+        (InvalidResponseError(403, "text/html", "<html>denied</html>"), PermanentStorageError),
+        (InvalidResponseError(502, "text/html", "<html>bad gateway</html>"), TransientStorageError),
         (urllib3.exceptions.MaxRetryError(None, "/", None), TransientStorageError),  # type: ignore[arg-type]
         (ConnectionRefusedError(), TransientStorageError),
         (TimeoutError(), TransientStorageError),
