@@ -55,7 +55,7 @@ crd: venv ## Regenerate crds/codingjob.yaml and crds/codingjobclass.yaml from th
 ##@ Tests
 
 .PHONY: test
-test: lint test-unit bench-quick-local test-integration e2e test-faults bench-quick-cluster ## Run every test: unit, quick benchmarks, integration (cluster, MinIO, images), e2e and the fault campaign.
+test: lint test-unit bench-quick-local test-integration e2e-and-faults bench-quick-cluster ## Run every test: unit, quick benchmarks, integration (cluster, MinIO, images), e2e and the fault campaign.
 
 .PHONY: test-unit
 test-unit: venv ## Unit tests: no network, no cluster.
@@ -68,6 +68,11 @@ test-integration: venv cluster-up images ## Integration tests on the local clust
 .PHONY: e2e
 e2e: venv cluster-up images ## End-to-end: the chart on the cluster, a CodingJob from apply to ZIP.
 	$(PYTEST) --durations=15 tests/e2e
+
+# In `make test`, one pytest session runs both: the chart is installed once (about a minute).
+.PHONY: e2e-and-faults
+e2e-and-faults: venv cluster-up images ## The e2e suite, then the fault campaign, on one chart install.
+	$(PYTEST) --durations=15 tests/e2e tests/faults
 
 .PHONY: test-faults
 test-faults: venv cluster-up images ## Fault campaign: evictions, OOM, operator/sidecar kills, MinIO outage... on running jobs (table in artifacts/faults/).
