@@ -98,6 +98,9 @@ BREAKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "llm-key-only-in-sidecar": lambda s: _agent(s)["env"].extend(
         e for e in _sidecar(s)["env"] if e["name"] == "CODINGJOB_MODEL_API_KEY"
     ),
+    "sidecar-state-hidden-from-agent": lambda s: _agent(s).update(
+        volumeMounts=[m for m in _agent(s)["volumeMounts"] if m["name"] != "sidecar-state-mask"]
+    ),
 }
 
 
@@ -138,4 +141,5 @@ def test_the_archiver_is_exempt_from_two_sandbox_checks_only() -> None:
     assert set(SANDBOX_CHECKS) - set(ARCHIVER_CHECKS) == {
         "llm-key-only-in-sidecar",
         "no-shared-process-namespace",
+        "sidecar-state-hidden-from-agent",
     }
