@@ -283,7 +283,11 @@ def test_suspend_and_resume(jobs: Jobs, minio_forward: int) -> None:
     done = jobs.wait_phase(name, {"Succeeded", "Failed"}, timeout=300)
     assert done["phase"] == "Succeeded", done
     archive = check_archive(done)
-    journal = [json.loads(line) for line in archive.read(".context-manager/context.jsonl").splitlines() if line]
+    journal = [
+        json.loads(line)
+        for line in archive.read(".context-manager/context.jsonl").splitlines()
+        if line
+    ]
     stored = [m for r in journal if r.get("op") == "messages" for m in r["messages"]]
     systems = [m for m in stored if m.get("role") == "system"]
     assert len(systems) == 1, "the resumed pod must continue the conversation, not start over"
