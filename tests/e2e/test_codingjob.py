@@ -463,6 +463,13 @@ def test_sandbox_boundaries(jobs: Jobs, operator_release: str, kube_api: client.
             " | head -5 || true"
         )
         assert not hits.strip(), f"a secret value is readable in the sandbox: {hits}"
+    # The sidecar's journal and counters: hidden, and neither writable nor movable; the
+    # image's own files read-only.
+    wait_for("a step", lambda: (jobs.status(name).get("steps") or 0) >= 1, 120)
+    state = "/workspace/.context-manager"
+    assert run(f"ls -A {state}").strip() == ""
+    for attempt in (f"touch {state}/context.jsonl", f"mv {state} /workspace/moved", "touch /opt/x"):
+        assert run(f"{attempt} 2>/dev/null && echo yes || echo no").strip() == "no", attempt
     jobs.kubectl("delete", "cjob", name, "-n", jobs.namespace, "--wait=false")
 
 
