@@ -312,18 +312,27 @@ def sidecar_stopping(pod: PodView) -> bool:
     )
 
 
-#: Reasons that are claims about the sidecar's counters, and can be checked against them.
-_LIMIT_REASONS = frozenset({c.MAX_STEPS_EXCEEDED, c.TOKEN_BUDGET_REASON})
+#: Reasons that are claims about a limit, and can be checked against the sidecar's counters or
+#: the spec.
+_LIMIT_REASONS = frozenset({c.MAX_STEPS_EXCEEDED, c.TOKEN_BUDGET_REASON, c.DEADLINE_EXCEEDED})
 
 
 def corroborate(
     outcome: AgentOutcome, report: StatsMessage | None, spec: CodingJobSpec
 ) -> AgentOutcome:
-    """``outcome`` with a limit reason (MaxStepsExceeded, BudgetExceeded) the sidecar's counts
-    contradict turned into AgentError: the agent may end its run, not blame a limit."""
-    if outcome.reason not in _LIMIT_REASONS or report is None:
+    """``outcome`` with a limit reason (MaxStepsExceeded, BudgetExceeded, DeadlineExceeded) the
+    sidecar's counts or the spec contradict turned into AgentError: the agent may end its run,
+    not blame a limit."""
+    if outcome.reason not in _LIMIT_REASONS:
         return outcome
-    if outcome.reason == c.MAX_STEPS_EXCEEDED:
+    if outcome.reason == c.DEADLINE_EXCEEDED:
+        # The agent's soft deadline exists only with limits.activeDeadlineSeconds.
+        if spec.limits.active_deadline_seconds:
+            return outcome
+        counted = "no deadline in limits.activeDeadlineSeconds"
+    elif report is None:
+        return outcome
+    elif outcome.reason == c.MAX_STEPS_EXCEEDED:
         limit = spec.limits.max_steps or 0
         if limit and report.steps >= limit:
             return outcome
@@ -333,7 +342,7 @@ def corroborate(
             return outcome
         counted = f"{bounded_int(report.tokens.used)} tokens within the budget"
     message = _short(
-        f"the agent reported {outcome.reason}, but the context-manager counted {counted}"
+        f"the agent reported {outcome.reason}, but the job has {counted}"
         + (f": {outcome.message}" if outcome.message else "")
     )
     return AgentOutcome(
@@ -688,7 +697,9 @@ def _lost(b: _Builder, detail: str) -> None:
 def _agent_ended(b: _Builder, outcome: AgentOutcome) -> None:
     obs = b.obs
     report = sidecar_report(obs.pod) if obs.pod is not None else None
-    outcome = corroborate(outcome, report, obs.spec)
+    if obs.pod is None or obs.pod.reason != "DeadlineExceeded":
+        # The kubelet's deadline is a fact; only the agent's own claims are checked.
+        outcome = corroborate(outcome, report, obs.spec)
     if report is not None:
         # The final counters: the sidecar's, never the agent's termination message.
         _apply_stats(b, report)

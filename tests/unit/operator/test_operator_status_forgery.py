@@ -99,6 +99,8 @@ def test_without_a_sidecar_report_the_agents_counts_are_still_ignored() -> None:
             {"limits": {"maxTotalTokens": 5000}},
             True,
         ),
+        ("DeadlineExceeded", report(3, 100), {}, False),
+        ("DeadlineExceeded", report(3, 100), {"limits": {"activeDeadlineSeconds": 600}}, True),
     ],
 )
 def test_a_limit_reason_stands_only_when_the_sidecars_counts_show_it(
@@ -110,7 +112,7 @@ def test_a_limit_reason_stands_only_when_the_sidecars_counts_show_it(
         assert patch["reason"] == reason
     else:
         assert patch["reason"] == c.AGENT_ERROR
-        assert patch["message"].startswith(f"the agent reported {reason}, but the context-manager")
+        assert patch["message"].startswith(f"the agent reported {reason}, but the job has")
 
 
 def test_a_forged_unknown_reason_is_an_agent_error() -> None:
