@@ -31,9 +31,28 @@ STATS_PORT = 8081
 
 #: Where the agent writes its final result on the workspace volume.
 RESULT_PATH = ".codingjob/result.json"
-#: Conversation journal (machine-readable, append-only) and readable transcript.
-JOURNAL_PATH = "context.jsonl"
-TRANSCRIPT_PATH = "context.txt"
+#: uid and gid of the context-manager sidecar. Not the agent's (1000): the sidecar's journal
+#: holds the step and token counts the job's limits are enforced on, and the agent must be able
+#: neither to write nor to read it. The image has a user ``context-manager`` with these ids.
+SIDECAR_UID = 1001
+SIDECAR_GID = 1001
+#: The sidecar's private directory on the workspace volume (relative to the workspace root):
+#: owned by SIDECAR_UID:SIDECAR_GID, mode 0750, hidden in the agent container under an empty
+#: read-only mount. On the workspace PVC, so suspend/resume keeps it and the archive has it.
+STATE_DIR = ".context-manager"
+#: Conversation journal (machine-readable, append-only; its ``call`` and ``error`` events are
+#: the job's counters) and readable transcript, both in STATE_DIR.
+JOURNAL_PATH = f"{STATE_DIR}/context.jsonl"
+TRANSCRIPT_PATH = f"{STATE_DIR}/context.txt"
+#: Where they were before STATE_DIR (in the agent's reach); migrated once, see context/state.py.
+LEGACY_JOURNAL_PATH = "context.jsonl"
+LEGACY_TRANSCRIPT_PATH = "context.txt"
+#: The sidecar's termination message file (the kubelet's default terminationMessagePath). It
+#: holds :func:`sidecar_termination_message`, rewritten after every step and at shutdown; the
+#: operator takes the job's final counters from it, never from the agent's.
+TERMINATION_LOG = "/dev/termination-log"
+#: Longest text field (lastError, modelDegraded) kept in the sidecar's termination message.
+REPORT_TEXT_MAX = 512
 
 
 class _Strict(BaseModel):
@@ -69,6 +88,8 @@ class TokenStats(_Strict):
 class Stats(_Strict):
     tokens: TokenStats = Field(default_factory=TokenStats)
     steps: int = 0
+    #: ``limits.maxSteps`` (0: none); the sidecar refuses the step after the last one.
+    max_steps: int = Field(0, alias="maxSteps")
     model_calls: int = Field(0, alias="modelCalls")
     errors: int = 0
     messages: int = 0
@@ -79,6 +100,21 @@ class Stats(_Strict):
     model_degraded: str | None = Field(None, alias="modelDegraded")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def sidecar_termination_message(stats: Stats) -> str:
+    """The sidecar's termination message: ``stats`` as JSON with the wire aliases (``steps``,
+    ``maxSteps``, ``tokens.used``, ``budgetExceeded``, ...), well within the kubelet's
+    4096-byte cap."""
+    short = stats.model_copy(
+        update={
+            "last_error": None if stats.last_error is None else stats.last_error[:REPORT_TEXT_MAX],
+            "model_degraded": None
+            if stats.model_degraded is None
+            else stats.model_degraded[:REPORT_TEXT_MAX],
+        }
+    )
+    return short.model_dump_json(by_alias=True)
 
 
 class StepResponse(_Strict):
@@ -108,6 +144,8 @@ class ErrorCode(StrEnum):
     BAD_REQUEST = "BadRequest"
     MESSAGE_TOO_LARGE = "MessageTooLarge"
     BUDGET_EXCEEDED = "BudgetExceeded"
+    #: The job's ``limits.maxSteps`` model steps are spent; counted and enforced by the sidecar.
+    MAX_STEPS_EXCEEDED = "MaxStepsExceeded"
     CONTEXT_OVERFLOW = "ContextOverflow"
     MODEL_ERROR = "ModelError"
     MODEL_UNAVAILABLE = "ModelUnavailable"

@@ -31,6 +31,7 @@ from codingjob_agent.context.model import Completion
 from codingjob_agent.context.service import ContextService
 from codingjob_agent.context.settings import Settings, Strategy
 from codingjob_agent.context.tokens import counter_for
+from codingjob_agent.protocol import JOURNAL_PATH
 
 TARGET_TOKENS = 1_000_000
 QUICK_TOKENS = 20_000
@@ -124,7 +125,7 @@ def settings_for(workspace: Path, strategy: Strategy, tokens: int) -> Settings:
 
 def bench_append(workspace: Path, tokens: int, repeat: int) -> None:
     print(f"building a conversation of {tokens:,} tokens ...", flush=True)
-    conversation = fill(workspace / "context.jsonl", tokens)
+    conversation = fill(workspace / JOURNAL_PATH, tokens)
     print(
         f"  {len(conversation.messages):,} messages, {conversation.window_tokens:,} tokens "
         f"in the window"

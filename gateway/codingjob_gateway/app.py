@@ -359,7 +359,8 @@ def create_app(settings: GatewaySettings, kube: KubeClient) -> FastAPI:
         job_id: str, who: Caller, tail: Annotated[int, Query(ge=1, le=5000)] = 500
     ) -> PlainTextResponse:
         """The agent's step log so far (the agent container's output, last ``tail`` lines).
-        Once the pod is gone the whole conversation is in the ZIP (``context.jsonl``)."""
+        Once the pod is gone the whole conversation is in the ZIP
+        (``.context-manager/context.jsonl``)."""
         job = _job(job_id, who)
         obj = await gw.read_job(job, who)
         pod = (obj.get("status") or {}).get("podName") or f"{job.name}-agent"
@@ -373,7 +374,10 @@ def create_app(settings: GatewaySettings, kube: KubeClient) -> FastAPI:
         except ApiError as error:
             if error.status not in (400, 404):
                 raise
-            text = "(no agent pod now: the full transcript is context.jsonl in the ZIP)\n"
+            text = (
+                "(no agent pod now: the full transcript is .context-manager/context.jsonl "
+                "in the ZIP)\n"
+            )
         return PlainTextResponse(text, headers={"Cache-Control": "no-store"})
 
     @app.get("/jobs/{job_id}/desktop/password", tags=["desktop"])

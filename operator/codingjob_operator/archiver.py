@@ -53,8 +53,12 @@ EXIT_TRANSIENT = 75
 
 ZIP_CONTENT_TYPE = "application/zip"
 TRANSCRIPT_CONTENT_TYPE = "text/plain; charset=utf-8"
-#: The transcript's path inside the workspace (see the pod contract).
-TRANSCRIPT_NAME = "context.txt"
+#: The sidecar's private directory in the workspace and the transcript in it (see the pod
+#: contract; ``STATE_DIR`` and ``TRANSCRIPT_PATH`` of the agent image's protocol module).
+STATE_DIR = ".context-manager"
+TRANSCRIPT_NAME = f"{STATE_DIR}/context.txt"
+#: Where the transcript was before the sidecar had a directory of its own.
+LEGACY_TRANSCRIPT_NAME = "context.txt"
 #: Kubernetes keeps at most 4096 bytes of a termination message.
 _MAX_MESSAGE = 3500
 
@@ -304,11 +308,16 @@ def _abort_quietly(store: ArtifactStore, key: str, upload_id: str) -> None:
 def _upload_transcript(
     store: ArtifactStore, key: str, workspace: Path, backoff: Backoff
 ) -> str | None:
-    """Upload ``context.txt`` as its own object; ``None`` when the workspace has none."""
+    """Upload the sidecar's ``context.txt`` as its own object; ``None`` when there is none."""
+    # The old place only for a workspace the sidecar never had its directory in: otherwise a
+    # context.txt there is the agent's, not the sidecar's transcript.
+    name = TRANSCRIPT_NAME
+    if not (workspace / STATE_DIR).is_dir():
+        name = LEGACY_TRANSCRIPT_NAME
     try:
         # O_NOFOLLOW: the workspace is untrusted; a symlink named context.txt must not make this
         # process upload one of its own files (credentials, tokens) to the bucket.
-        fd = os.open(workspace / TRANSCRIPT_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(workspace / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as error:
@@ -317,7 +326,7 @@ def _upload_transcript(
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
-            log.warning("transcript not uploaded: %s is not a regular file", TRANSCRIPT_NAME)
+            log.warning("transcript not uploaded: %s is not a regular file", name)
             return None
         backoff.call(
             "upload transcript",

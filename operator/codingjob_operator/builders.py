@@ -16,7 +16,17 @@ Manifest = dict[str, Any]
 
 AGENT_UID = 1000
 AGENT_GID = 1000
+#: The context-manager's own uid/gid (``SIDECAR_UID`` of the agent image's protocol module; a
+#: unit test pins them): its journal and counters must be out of the agent's reach.
+SIDECAR_UID = 1001
+SIDECAR_GID = 1001
 WORKSPACE_PATH = "/workspace"
+#: The sidecar's private directory on the workspace volume (``STATE_DIR`` of the protocol).
+SIDECAR_STATE_DIR = ".context-manager"
+#: Sizes of the scratch volumes: the agent's /tmp (desktop runtime files, caches, the agent's
+#: own scratch) and the sidecar's. Bounded so that filling them evicts this pod only.
+AGENT_TMP_SIZE = "2Gi"
+SIDECAR_TMP_SIZE = "64Mi"
 SESSION_PATH = "/var/run/codingjob/session"
 GATEWAY_PORT = 8080
 STATS_PORT = 8081
@@ -247,6 +257,8 @@ def agent_pod(
         )
     sidecar_env = [
         *(dict(e) for e in common_env),
+        # Its own scratch, not the image's HOME (the workspace, where the agent writes).
+        _env("HOME", "/tmp"),
         _env("CODINGJOB_MODEL_BASE_URL", model.base_url),
         _env("CODINGJOB_MODEL_NAME", model.name),
     ]
@@ -307,7 +319,8 @@ def agent_pod(
         },
         "volumeMounts": [
             {"name": "workspace", "mountPath": WORKSPACE_PATH},
-            {"name": "tmp", "mountPath": "/tmp"},
+            # Its own /tmp: nothing the agent drops into a shared /tmp can reach the sidecar.
+            {"name": "sidecar-tmp", "mountPath": "/tmp"},
         ],
         # Bounded like the agent: the sidecar parses model replies the agent can influence.
         "resources": {
@@ -315,7 +328,14 @@ def agent_pod(
             "limits": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "1Gi"},
         },
         # The sidecar writes only to /workspace and /tmp; a read-only root keeps it that way.
-        "securityContext": {**_container_security(), "readOnlyRootFilesystem": True},
+        # Its own uid: the journal (conversation, step and token counts the limits are enforced
+        # on) is a directory of that uid the agent can neither write nor read.
+        "securityContext": {
+            **_container_security(),
+            "readOnlyRootFilesystem": True,
+            "runAsUser": SIDECAR_UID,
+            "runAsGroup": SIDECAR_GID,
+        },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     agent: Manifest = {
@@ -325,12 +345,20 @@ def agent_pod(
         "env": agent_env,
         "volumeMounts": [
             {"name": "workspace", "mountPath": WORKSPACE_PATH},
+            # An empty read-only volume over the sidecar's directory: the agent sees nothing
+            # there and cannot rename it away (a mount point), on top of its 0750 mode.
+            {
+                "name": "sidecar-state-mask",
+                "mountPath": f"{WORKSPACE_PATH}/{SIDECAR_STATE_DIR}",
+                "readOnly": True,
+            },
             {"name": "session", "mountPath": SESSION_PATH, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
-        # Writable root: the agent's tools (package managers, caches) expect it; as uid 1000
-        # without capabilities it cannot modify system directories anyway.
-        "securityContext": _container_security(),
+        # Read-only root: the agent writes to the workspace and to /tmp (HOME is the
+        # workspace; the desktop, Jupyter and caches keep their runtime files in /tmp), so
+        # nothing it does survives in the image's directories or outlives the sized volumes.
+        "securityContext": {**_container_security(), "readOnlyRootFilesystem": True},
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     ports = desktop_ports(spec)
@@ -375,7 +403,9 @@ def agent_pod(
                 "name": "session",
                 "secret": {"secretName": job.names.session, "defaultMode": SESSION_FILE_MODE},
             },
-            {"name": "tmp", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": AGENT_TMP_SIZE}},
+            {"name": "sidecar-tmp", "emptyDir": {"sizeLimit": SIDECAR_TMP_SIZE}},
+            {"name": "sidecar-state-mask", "emptyDir": {"sizeLimit": "1Mi"}},
         ],
         "terminationGracePeriodSeconds": 30,
     }
@@ -617,6 +647,9 @@ def archive_job(
                         "runAsNonRoot": True,
                         "runAsUser": AGENT_UID,
                         "runAsGroup": AGENT_GID,
+                        # The sidecar's group: its journal and transcript (mode 0640 in a 0750
+                        # directory) go into the archive too.
+                        "supplementalGroups": [SIDECAR_GID],
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container],

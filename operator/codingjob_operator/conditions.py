@@ -51,6 +51,7 @@ AGENT_ERROR = "AgentError"
 OOM_KILLED = "OOMKilled"  # the agent container went over its memory limit
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 DELETED = "Deleted"  # the CodingJob was deleted while the agent ran; archived before it goes
+MAX_STEPS_EXCEEDED = "MaxStepsExceeded"
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 SECRET_NOT_FOUND = "SecretNotFound"
 SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
@@ -73,6 +74,9 @@ URL_REFRESHED = "URLRefreshed"
 NOT_REQUESTED = "NotRequested"
 WITHIN_BUDGET = "WithinBudget"
 TOKEN_BUDGET_SPENT = "TokenBudgetSpent"
+#: The agent's reason when the sidecar refused a step for the token budget (the same word as
+#: the condition type).
+TOKEN_BUDGET_REASON = "BudgetExceeded"
 CLASS_VIOLATION = "ClassViolation"  # the spec leaves its CodingJobClass's bounds
 CLASS_NOT_FOUND = "ClassNotFound"  # spec.className names no class, or no default class
 SECRET_NOT_ALLOWED = "SecretNotAllowed"  # apiKeySecretRef without the owner's consent label

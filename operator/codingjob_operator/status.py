@@ -57,7 +57,12 @@ SIDECAR_MAX_RESTARTS = 3
 
 
 class AgentResultMessage(BaseModel):
-    """The agent's termination message: ``AgentResult`` of the agent image's protocol module."""
+    """The agent's termination message: ``AgentResult`` of the agent image's protocol module.
+
+    Written by the agent, i.e. untrusted: its outcome and reason (an enum) and its clamped
+    message and summary texts are used; its ``steps`` and ``tokens`` never are (the counters
+    come from the sidecar's own termination message, :func:`sidecar_report`).
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -213,14 +218,12 @@ class Decision:
 
 @dataclass(frozen=True)
 class AgentOutcome:
-    """How the agent container ended."""
+    """How the agent container ended (as the agent says; see :func:`corroborate`)."""
 
     succeeded: bool
     reason: str
     message: str
     summary: str = ""
-    steps: int | None = None
-    tokens: int | None = None
 
 
 def _short(text: str | None) -> str:
@@ -284,8 +287,6 @@ def agent_outcome(pod: PodView) -> AgentOutcome | None:
             reason=reason if (succeeded or reason != c.COMPLETED) else c.AGENT_ERROR,
             message=_short(result.message),
             summary=_short(result.summary),
-            steps=bounded_int(result.steps),
-            tokens=bounded_int(result.tokens),
         )
     sidecar = pod.sidecar
     if (sidecar is None or not sidecar.running) and pod.phase not in ("Succeeded", "Failed"):
@@ -321,6 +322,72 @@ def _succeeded(agent: ContainerView) -> bool:
     """The agent exited 0 with a Succeeded result (a killed child of it may have OOMed)."""
     result = parse_agent_result(agent.message)
     return agent.exit_code == 0 and result is not None and result.outcome == "Succeeded"
+
+
+def sidecar_report(pod: PodView) -> StatsMessage | None:
+    """The context-manager's counters from its own termination message (``Stats`` as JSON, see
+    ``sidecar_termination_message`` in the agent image's protocol module): from its last
+    termination, else from the one before a restart; None when there is none."""
+    sidecar = pod.sidecar
+    if sidecar is None:
+        return None
+    for message in (sidecar.message if sidecar.terminated else None, sidecar.last_message):
+        if not message:
+            continue
+        try:
+            return StatsMessage.model_validate_json(message)
+        except ValidationError:
+            continue
+    return None
+
+
+def sidecar_stopping(pod: PodView) -> bool:
+    """True while the agent has ended but the kubelet has not yet stopped the sidecar, whose
+    termination message will hold the final counters (a matter of seconds)."""
+    return (
+        pod.phase == "Running"
+        and not pod.deleting
+        and pod.sidecar is not None
+        and not pod.sidecar.terminated
+    )
+
+
+#: Reasons that are claims about a limit, and can be checked against the sidecar's counters or
+#: the spec.
+_LIMIT_REASONS = frozenset({c.MAX_STEPS_EXCEEDED, c.TOKEN_BUDGET_REASON, c.DEADLINE_EXCEEDED})
+
+
+def corroborate(
+    outcome: AgentOutcome, report: StatsMessage | None, spec: CodingJobSpec
+) -> AgentOutcome:
+    """``outcome`` with a limit reason (MaxStepsExceeded, BudgetExceeded, DeadlineExceeded) the
+    sidecar's counts or the spec contradict turned into AgentError: the agent may end its run,
+    not blame a limit."""
+    if outcome.reason not in _LIMIT_REASONS:
+        return outcome
+    if outcome.reason == c.DEADLINE_EXCEEDED:
+        # The agent's soft deadline exists only with limits.activeDeadlineSeconds.
+        if spec.limits.active_deadline_seconds:
+            return outcome
+        counted = "no deadline in limits.activeDeadlineSeconds"
+    elif report is None:
+        return outcome
+    elif outcome.reason == c.MAX_STEPS_EXCEEDED:
+        limit = spec.limits.max_steps or 0
+        if limit and report.steps >= limit:
+            return outcome
+        counted = f"{bounded_int(report.steps)} steps of limits.maxSteps {limit or 'unset'}"
+    else:
+        if report.budget_exceeded:
+            return outcome
+        counted = f"{bounded_int(report.tokens.used)} tokens within the budget"
+    message = _short(
+        f"the agent reported {outcome.reason}, but the job has {counted}"
+        + (f": {outcome.message}" if outcome.message else "")
+    )
+    return AgentOutcome(
+        succeeded=False, reason=c.AGENT_ERROR, message=message, summary=outcome.summary
+    )
 
 
 def pod_lost(pod: PodView) -> bool:
@@ -591,6 +658,11 @@ def _active(b: _Builder) -> None:
             _lost(b, _short(lost), reason=c.POD_EVICTED)
             return
         if outcome is not None:
+            if sidecar_stopping(pod) and pod.reason != "DeadlineExceeded":
+                b.condition(
+                    c.READY, False, c.AGENT_TERMINATED, "waiting for the context-manager's counts"
+                )
+                return
             _agent_ended(b, outcome)
             return
         if pod_lost(pod):
@@ -683,6 +755,13 @@ def _lost(b: _Builder, detail: str, *, reason: str = c.POD_LOST) -> None:
 
 def _agent_ended(b: _Builder, outcome: AgentOutcome) -> None:
     obs = b.obs
+    report = sidecar_report(obs.pod) if obs.pod is not None else None
+    if obs.pod is None or obs.pod.reason != "DeadlineExceeded":
+        # The kubelet's deadline is a fact; only the agent's own claims are checked.
+        outcome = corroborate(outcome, report, obs.spec)
+    if report is not None:
+        # The final counters: the sidecar's, never the agent's termination message.
+        _apply_stats(b, report)
     fields: dict[str, Any] = {
         "outcome": "Succeeded" if outcome.succeeded else "Failed",
         "reason": outcome.reason,
@@ -690,12 +769,6 @@ def _agent_ended(b: _Builder, outcome: AgentOutcome) -> None:
     }
     if outcome.summary:
         fields["summary"] = outcome.summary
-    if outcome.steps is not None:
-        fields["steps"] = outcome.steps
-    if outcome.tokens is not None:
-        tokens = dict(obs.status.get("tokens") or {})
-        tokens["used"] = outcome.tokens
-        fields["tokens"] = tokens
     b.set(**fields)
     b.condition(c.READY, False, c.AGENT_TERMINATED, outcome.message or outcome.reason)
     if outcome.succeeded or obs.spec.artifacts.upload_on_failure:

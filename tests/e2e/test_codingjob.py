@@ -194,7 +194,7 @@ def test_happy_path(jobs: Jobs, minio_forward: int, kube_api: client.ApiClient) 
     archive = check_archive(done)
     names = set(archive.namelist())
     assert names >= TODO_APP_FILES, sorted(names)
-    assert "context.jsonl" in names
+    assert ".context-manager/context.jsonl" in names and "context.jsonl" not in names
     assert (done["outcome"], done["reason"]) == ("Succeeded", "Completed")
     assert done["steps"] >= later["steps"]
 
@@ -231,7 +231,7 @@ def test_agent_failure_is_archived(jobs: Jobs, minio_forward: int) -> None:
         "the agent gave up: The task needs a service that is not reachable from the sandbox, "
         "so it cannot be done here."
     )
-    assert "looked" in check_archive(done).read("context.txt").decode()
+    assert "looked" in check_archive(done).read(".context-manager/context.txt").decode()
 
 
 def test_deadline(jobs: Jobs, minio_forward: int) -> None:
@@ -283,7 +283,11 @@ def test_suspend_and_resume(jobs: Jobs, minio_forward: int) -> None:
     done = jobs.wait_phase(name, {"Succeeded", "Failed"}, timeout=300)
     assert done["phase"] == "Succeeded", done
     archive = check_archive(done)
-    journal = [json.loads(line) for line in archive.read("context.jsonl").splitlines() if line]
+    journal = [
+        json.loads(line)
+        for line in archive.read(".context-manager/context.jsonl").splitlines()
+        if line
+    ]
     stored = [m for r in journal if r.get("op") == "messages" for m in r["messages"]]
     systems = [m for m in stored if m.get("role") == "system"]
     assert len(systems) == 1, "the resumed pod must continue the conversation, not start over"
@@ -459,6 +463,13 @@ def test_sandbox_boundaries(jobs: Jobs, operator_release: str, kube_api: client.
             " | head -5 || true"
         )
         assert not hits.strip(), f"a secret value is readable in the sandbox: {hits}"
+    # The sidecar's journal and counters: hidden, and neither writable nor movable; the
+    # image's own files read-only.
+    wait_for("a step", lambda: (jobs.status(name).get("steps") or 0) >= 1, 120)
+    state = "/workspace/.context-manager"
+    assert run(f"ls -A {state}").strip() == ""
+    for attempt in (f"touch {state}/context.jsonl", f"mv {state} /workspace/moved", "touch /opt/x"):
+        assert run(f"{attempt} 2>/dev/null && echo yes || echo no").strip() == "no", attempt
     jobs.kubectl("delete", "cjob", name, "-n", jobs.namespace, "--wait=false")
 
 

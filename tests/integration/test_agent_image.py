@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from codingjob_agent.protocol import JOURNAL_PATH, SIDECAR_GID, SIDECAR_UID, STATE_DIR
 
 from tests.fixtures.scripted_model import ContextManager, ScriptedModel
 
@@ -179,7 +180,7 @@ def test_local_sigterm_then_resume_continues_the_conversation(
     assert "resuming a conversation of" in out
     assert sorted(p.name for p in progress.iterdir()) == [f"step-{i}" for i in range(1, 7)]
     assert run.result()["steps"] == 9 and steps_before < 9
-    journal = (run.workspace / "context.jsonl").read_text().splitlines()
+    journal = (run.workspace / JOURNAL_PATH).read_text().splitlines()
     events = [json.loads(line) for line in journal]
     roles = [m["role"] for e in events if e.get("op") == "messages" for m in e["messages"]]
     assert roles.count("system") == 1 and roles.count("user") == 1, roles
@@ -264,9 +265,13 @@ def _start_pod(image: str, root: Path, scenario: str, **agent_env: str) -> Pod:
     (session / "vnc-password").write_text(pod.vnc_password)
     (session / "jupyter-token").write_text(pod.jupyter_token)
     (root / "termination-log").write_text("")
+    (root / "sidecar-termination-log").write_text("")
     for path in (workspace, session, session / "vnc-password", session / "jupyter-token",
                  root / "termination-log"):  # fmt: skip
         os.chown(path, 1000, 1000)
+    os.chown(root / "sidecar-termination-log", SIDECAR_UID, SIDECAR_GID)
+    # As the kubelet leaves a volume with fsGroup 1000: group-writable, setgid.
+    workspace.chmod(0o2775)
     for secret in session.iterdir():
         secret.chmod(0o400)  # as the pod mounts the session Secret
 
@@ -282,9 +287,21 @@ def _start_pod(image: str, root: Path, scenario: str, **agent_env: str) -> Pod:
         "-e", "CODINGJOB_MODEL_BASE_URL=http://127.0.0.1:8000/v1",
         "-e", f"CODINGJOB_MODEL_NAME={model}",
         "-e", "CODINGJOB_STATS_HOST=127.0.0.1",
-        "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", "1000:1000",
+        "-e", "HOME=/tmp",
+        "-v", f"{root / 'sidecar-termination-log'}:/dev/termination-log",
+        # The pod's sidecar: its own uid, the pod's fsGroup as a supplementary group, a
+        # read-only root with a /tmp of its own.
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--user", f"{SIDECAR_UID}:{SIDECAR_GID}", "--group-add", "1000",
+        "--read-only", "--tmpfs", "/tmp:mode=1777",
         image, "codingjob-context-manager",
     )  # fmt: skip
+    # The kubelet starts the agent once the sidecar's startup probe passes: its directory in
+    # the workspace exists by then (and the agent's empty mount goes over it).
+    deadline = time.monotonic() + 60
+    while "gateway listening" not in pod.logs("context"):
+        assert time.monotonic() < deadline, pod.logs("context")
+        time.sleep(0.2)
     for port in (5900, 6080, 8888):
         pod.ports[port] = int(_docker("port", pod.container("model"), str(port)).rsplit(":", 1)[1])
     _start_agent(pod, image, **agent_env)
@@ -309,6 +326,8 @@ def _start_agent(pod: Pod, image: str, **agent_env: str) -> None:
         "--user", "1000:1000", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "--read-only", "--tmpfs", "/tmp:mode=1777", "--shm-size", "256m",
         "-v", f"{pod.workspace}:/workspace",
+        # The sidecar's directory, hidden under an empty read-only mount as in the pod.
+        "--mount", f"type=tmpfs,destination=/workspace/{STATE_DIR},tmpfs-size=4096,tmpfs-mode=0555",
         "-v", f"{pod.root / 'session'}:/var/run/codingjob/session:ro",
         "-v", f"{pod.root / 'termination-log'}:/dev/termination-log",
         *[a for k, v in env.items() for a in ("-e", f"{k}={v}")],
@@ -500,7 +519,15 @@ def test_image_builds_the_todo_app(agent_image: str, tmp_path: Path) -> None:
     assert json.loads((pod.root / "termination-log").read_text())["outcome"] == "Succeeded"
     # The services and caches kept their state out of the archived workspace.
     names = {p.name for p in pod.workspace.iterdir()}
-    assert {".codingjob", "context.jsonl", "context.txt", "todo-app"} <= names
+    assert {".codingjob", STATE_DIR, "todo-app"} <= names
+    assert "context.jsonl" not in names
+    # The sidecar's own directory: its uid, closed to the agent; its counts in its termination
+    # message.
+    state = (pod.workspace / STATE_DIR).stat()
+    assert (state.st_uid, state.st_gid, state.st_mode & 0o777) == (SIDECAR_UID, SIDECAR_GID, 0o750)
+    assert (pod.workspace / JOURNAL_PATH).stat().st_uid == SIDECAR_UID
+    report = json.loads((pod.root / "sidecar-termination-log").read_text())
+    assert report["steps"] == 9 and report["tokens"]["used"] > 0
     assert not names & {".cache", ".fluxbox", ".jupyter", ".local", ".ipython", ".vnc"}, names
     (shot,) = (pod.workspace / ".codingjob" / "screenshots").iterdir()
     ARTIFACTS.mkdir(exist_ok=True)

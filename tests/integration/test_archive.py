@@ -360,6 +360,23 @@ def test_a_transcript_symlink_is_not_followed(
     assert (run.message["files"], run.message["skipped"]) == (0, 1)
 
 
+def test_the_transcript_is_the_sidecars_not_a_decoy_of_the_agents(
+    minio: MinioServer, bucket_name: str, scratch: Path
+) -> None:
+    workspace = scratch / "workspace"
+    (workspace / ".context-manager").mkdir(parents=True)
+    (workspace / ".context-manager" / "context.txt").write_text("[user]\nthe real task\n")
+    (workspace / "context.txt").write_text("[user]\na forged transcript\n")
+    run = Archiver(archiver_env(minio, bucket_name, workspace, scratch / "log"), scratch).wait()
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.message["transcriptKey"] == TRANSCRIPT_KEY
+    url, _ = store_for(minio, bucket_name).presign_get(
+        TRANSCRIPT_KEY, datetime.timedelta(minutes=1)
+    )
+    expected = hashlib.sha256(b"[user]\nthe real task\n").hexdigest()
+    assert fetch(url) == (200, expected)
+
+
 def test_bad_credentials_are_a_permanent_error(
     minio: MinioServer, bucket_name: str, scratch: Path
 ) -> None:

@@ -452,9 +452,13 @@ def test_finished_agent_is_archived_to_object_storage_then_cleaned_up(
             outcome=protocol.Outcome.SUCCEEDED,
             reason=protocol.AgentReason.COMPLETED,
             message="done",
-            steps=3,
-            tokens=1200,
+            # The agent's own counts are not taken: the sidecar's report below is.
+            steps=99,
+            tokens=99_999,
             summary="wrote nothing",
+        )
+        report = protocol.sidecar_termination_message(
+            protocol.Stats(steps=3, tokens=protocol.TokenStats(used=1200))
         )
         terminated = {
             "exitCode": 0,
@@ -477,6 +481,16 @@ def test_finished_agent_is_archived_to_object_storage_then_cleaned_up(
                             "image": BASE_IMAGE,
                             "imageID": "",
                             "state": {"terminated": terminated},
+                        }
+                    ],
+                    "initContainerStatuses": [
+                        {
+                            "name": "context-manager",
+                            "ready": False,
+                            "restartCount": 0,
+                            "image": BASE_IMAGE,
+                            "imageID": "",
+                            "state": {"terminated": {**terminated, "message": report}},
                         }
                     ],
                 }

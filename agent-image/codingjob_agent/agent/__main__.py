@@ -11,7 +11,7 @@ from pathlib import Path
 from codingjob_agent.agent.config import AgentConfig, ConfigError
 from codingjob_agent.agent.gateway import Gateway
 from codingjob_agent.agent.loop import Agent
-from codingjob_agent.agent.results import AgentState, write_result
+from codingjob_agent.agent.results import write_result
 from codingjob_agent.agent.terminal import Terminal
 from codingjob_agent.agent.tools import Toolbox
 from codingjob_agent.protocol import AgentReason, AgentResult, Outcome
@@ -33,7 +33,6 @@ def _report(args: argparse.Namespace) -> int:
         outcome=Outcome.FAILED,
         reason=AgentReason(args.reason),
         message=args.message[:2048],
-        steps=AgentState.load(workspace).steps,
     )
     write_result(result, workspace, log_path)
     return 0

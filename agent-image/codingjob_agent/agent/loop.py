@@ -7,7 +7,6 @@ resuming after a container restart and recovering from a sidecar restart are the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import time
@@ -44,6 +43,7 @@ NO_TOOL_CALL_NOTE = (
 
 _GATEWAY_REASONS = {
     ErrorCode.BUDGET_EXCEEDED: AgentReason.BUDGET_EXCEEDED,
+    ErrorCode.MAX_STEPS_EXCEEDED: AgentReason.MAX_STEPS_EXCEEDED,
     ErrorCode.CONTEXT_OVERFLOW: AgentReason.CONTEXT_OVERFLOW,
     ErrorCode.MODEL_ERROR: AgentReason.MODEL_ERROR,
     ErrorCode.MODEL_UNAVAILABLE: AgentReason.MODEL_ERROR,
@@ -95,7 +95,7 @@ class Agent:
 
     def run(self) -> AgentResult:
         """Start or resume the conversation and drive it to a result."""
-        self.state = AgentState.load(self.config.workspace)
+        self.state = AgentState()
         previous = self._install_signals()
         try:
             return self._run()
@@ -234,8 +234,9 @@ class Agent:
             )
             model_s = time.monotonic() - started
             self.stats = response.stats
-            self.state.steps += 1
-            self.state.save(self.config.workspace)
+            # The sidecar's count is the one that is enforced; ours only fills in for a sidecar
+            # that reports none.
+            self.state.steps = max(self.state.steps + 1, response.stats.steps)
             message = ChatCompletionMessage.model_validate(response.message)
             outgoing, done = self._act(message, model_s)
             if done is not None:
@@ -347,8 +348,6 @@ class Agent:
             tokens=self.stats.tokens.used,
             summary=summary,
         )
-        with contextlib.suppress(OSError):
-            self.state.save(self.config.workspace)
         return result
 
 

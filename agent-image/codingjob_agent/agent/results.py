@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from codingjob_agent.protocol import RESULT_PATH, AgentResult
-
-#: The agent's own bookkeeping next to the result, so that a restart keeps counting steps.
-STATE_PATH = ".codingjob/agent-state.json"
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -33,19 +29,8 @@ def write_result(result: AgentResult, workspace: Path, termination_log: Path) ->
 
 @dataclass
 class AgentState:
-    """Progress that survives a container restart (the conversation itself is the sidecar's)."""
+    """The agent's progress in memory. Nothing of it is stored: the step count that survives a
+    restart, and that ``limits.maxSteps`` is enforced on, is the sidecar's (its journal is out
+    of the agent's reach), read back from ``GET /v1/conversation``."""
 
     steps: int = 0
-
-    @classmethod
-    def load(cls, workspace: Path) -> AgentState:
-        """The saved state, or a fresh one when none (or an unreadable one) is there."""
-        try:
-            data = json.loads((workspace / STATE_PATH).read_text(encoding="utf-8"))
-            return cls(steps=int(data.get("steps", 0)))
-        except (OSError, ValueError, TypeError, AttributeError):
-            return cls()
-
-    def save(self, workspace: Path) -> None:
-        """Persist atomically, so that a kill mid-write keeps the previous state."""
-        _atomic_write(workspace / STATE_PATH, json.dumps(asdict(self)) + "\n")

@@ -15,6 +15,7 @@ from codingjob_agent.context.model import ModelClient
 from codingjob_agent.context.server import gateway_app, stats_app
 from codingjob_agent.context.service import ContextService
 from codingjob_agent.context.settings import Settings, SettingsError
+from codingjob_agent.context.state import StateError
 from codingjob_agent.context.tokens import EncodingError, counter_for
 from codingjob_agent.logformat import LogFormat, configure, job_ref
 
@@ -37,7 +38,12 @@ async def serve(settings: Settings) -> None:
     counter = counter_for(settings.encoding)
     model = ModelClient(settings)
     service = ContextService(settings, counter, model)
-    service.load()
+    try:
+        service.load()
+    except StateError as exc:
+        log.error("refusing to start: %s", exc)
+        await model.close()
+        sys.exit(3)
     gateway = web.AppRunner(gateway_app(service), access_log=None)
     stats = web.AppRunner(stats_app(service), access_log=None)
     await gateway.setup()

@@ -64,8 +64,8 @@ class Journal:
             with self.path.open("r+b") as handle:
                 handle.truncate(good_size)
                 os.fsync(handle.fileno())
-        # Readable by the archiver, which ships it in the workspace ZIP; it holds no secret.
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # Readable by the sidecar's group (the archiver, which ships it in the workspace ZIP).
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         return events
 
     def append(self, events: Sequence[Mapping[str, Any]]) -> None:
@@ -122,7 +122,8 @@ class Transcript:
         self.path = path
 
     def write(self, text: str) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        with os.fdopen(fd, "a", encoding="utf-8") as handle:
             handle.write(text.rstrip("\n") + "\n\n")
 
     def messages(self, messages: Sequence[Mapping[str, Any]]) -> None:

@@ -1,7 +1,14 @@
-"""HTTP listeners: the model gateway on 127.0.0.1 and the read-only stats on the pod IP."""
+"""HTTP listeners: the model gateway on 127.0.0.1 and the read-only stats on the pod IP.
+
+The gateway's caller is the agent, i.e. hostile code: a body is refused by its declared size
+before a byte of it is read, read with a hard bound when it is chunked, and read, parsed and
+handled only under :data:`BODY_SLOTS`, so that a flood of concurrent large bodies costs at most
+``BODY_SLOTS`` bodies of memory instead of restarting the sidecar out of memory.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -16,6 +23,13 @@ log = logging.getLogger(__name__)
 
 SERVICE_KEY = web.AppKey("service", ContextService)
 MAX_BYTES_KEY = web.AppKey("max_bytes", int)
+SLOTS_KEY = web.AppKey("body_slots", asyncio.Semaphore)
+
+#: Requests whose bodies may be in memory (read, parsed or being handled) at once; the others
+#: wait before reading theirs, which stays in the kernel's socket buffers (aiohttp pauses
+#: reading a connection whose buffer is full). Steps run one at a time anyway: two lets a
+#: retried step wait for the lock while the first finishes.
+BODY_SLOTS = 2
 
 
 def _json(model: BaseModel, status: int = 200) -> web.Response:
@@ -41,15 +55,18 @@ async def conversation(request: web.Request) -> web.Response:
     return _json(request.app[SERVICE_KEY].state())
 
 
+def _too_large(limit: int) -> web.Response:
+    return _error(ErrorCode.MESSAGE_TOO_LARGE, f"request body over the {limit}-byte limit", 413)
+
+
 async def _read_step(request: web.Request) -> StepRequest | web.Response:
     """The parsed body, or the 4xx response explaining why it cannot be used."""
     limit = request.app[MAX_BYTES_KEY]
-    if request.content_length is not None and request.content_length > limit:
-        return _error(ErrorCode.MESSAGE_TOO_LARGE, f"request body over the {limit}-byte limit", 413)
     try:
+        # Bounded by the app's client_max_size (limit + 1): a chunked body is cut off there.
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return _error(ErrorCode.MESSAGE_TOO_LARGE, f"request body over the {limit}-byte limit", 413)
+        return _too_large(limit)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -58,6 +75,9 @@ async def _read_step(request: web.Request) -> StepRequest | web.Response:
         data: Any = json.loads(text)
     except ValueError as exc:
         return _error(ErrorCode.BAD_REQUEST, f"request body is not JSON: {exc}", 400)
+    except RecursionError:
+        # Deeply nested arrays: refused, not a crash of the handler.
+        return _error(ErrorCode.BAD_REQUEST, "request body is nested too deeply", 400)
     try:
         return StepRequest.model_validate(data)
     except ValidationError as exc:
@@ -69,14 +89,19 @@ async def _read_step(request: web.Request) -> StepRequest | web.Response:
 
 
 async def step(request: web.Request) -> web.Response:
-    parsed = await _read_step(request)
-    if isinstance(parsed, web.Response):
-        return parsed
-    try:
-        answer = await request.app[SERVICE_KEY].step(parsed)
-    except StepError as exc:
-        return _error(exc.code, str(exc), exc.status)
-    return _json(answer)
+    limit = request.app[MAX_BYTES_KEY]
+    # Refused by its declared size before any of it is read, and without waiting for a slot.
+    if request.content_length is not None and request.content_length > limit:
+        return _too_large(limit)
+    async with request.app[SLOTS_KEY]:
+        parsed = await _read_step(request)
+        if isinstance(parsed, web.Response):
+            return parsed
+        try:
+            answer = await request.app[SERVICE_KEY].step(parsed)
+        except StepError as exc:
+            return _error(exc.code, str(exc), exc.status)
+        return _json(answer)
 
 
 def gateway_app(service: ContextService) -> web.Application:
@@ -86,6 +111,7 @@ def gateway_app(service: ContextService) -> web.Application:
     app = web.Application(client_max_size=limit + 1)
     app[SERVICE_KEY] = service
     app[MAX_BYTES_KEY] = limit
+    app[SLOTS_KEY] = asyncio.Semaphore(BODY_SLOTS)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/conversation", conversation)
     app.router.add_post("/v1/step", step)

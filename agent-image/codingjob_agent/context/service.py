@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from codingjob_agent.context.messages import MessageError, check_additions
 from codingjob_agent.context.model import Completion, ModelCallError, RelayUsage
 from codingjob_agent.context.pruning import ContextOverflow, plan_prune, smallest_window
 from codingjob_agent.context.settings import Settings, Strategy
+from codingjob_agent.context.state import prepare
 from codingjob_agent.context.summarize import summary_message, summary_request
 from codingjob_agent.context.tokens import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, TokenCounter
 from codingjob_agent.protocol import (
@@ -28,6 +30,7 @@ from codingjob_agent.protocol import (
     StepRequest,
     StepResponse,
     TokenStats,
+    sidecar_termination_message,
 )
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_REQUEST: 400,
     ErrorCode.MESSAGE_TOO_LARGE: 413,
     ErrorCode.BUDGET_EXCEEDED: 409,
+    ErrorCode.MAX_STEPS_EXCEEDED: 409,
     ErrorCode.CONTEXT_OVERFLOW: 409,
     ErrorCode.MODEL_ERROR: 502,
     ErrorCode.MODEL_UNAVAILABLE: 503,
@@ -100,7 +104,9 @@ class ContextService:
         self._relay_budget_exceeded = False
 
     def load(self) -> None:
-        """Rebuild the conversation from the journal."""
+        """Check the state directory (StateError when it is not ours), then rebuild the
+        conversation from the journal."""
+        prepare(self.settings.workspace)
         events = self.journal.load()
         self.conversation.replay(events)
         # A long conversation is millions of objects that live until the end: keep them out of
@@ -112,9 +118,22 @@ class ContextService:
             self.conversation.window_tokens,
             self.journal.path,
         )
+        self.write_report()
 
     def close(self) -> None:
+        self.write_report()
         self.journal.close()
+
+    def write_report(self) -> None:
+        """Put the counters in the container's termination message, where the operator reads
+        the job's final steps and tokens (the agent's own message is not trusted with them)."""
+        try:
+            # No O_CREAT: outside Kubernetes there is no such file, and none is made.
+            fd = os.open(self.settings.termination_log, os.O_WRONLY | os.O_TRUNC)
+        except OSError:
+            return
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(sidecar_termination_message(self.stats()))
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -141,6 +160,7 @@ class ContextService:
             ),
             model_degraded=getattr(self.model, "degraded", None),
             steps=counters.steps,
+            max_steps=self.settings.max_steps,
             model_calls=counters.model_calls,
             errors=counters.errors,
             messages=len(self.conversation.messages),
@@ -167,6 +187,8 @@ class ContextService:
             except StepError as exc:
                 log.error("step failed: %s: %s", exc.code.value, exc)
                 raise
+            finally:
+                self.write_report()
 
     def _commit(self, events: Sequence[Mapping[str, Any]]) -> None:
         """Store ``events`` (disk first), apply them, and add them to the transcript."""
@@ -197,6 +219,15 @@ class ContextService:
     async def _step(self, request: StepRequest) -> StepResponse:
         conversation = self.conversation
         budget = self.settings.budget
+        max_steps = self.settings.max_steps
+        if max_steps and conversation.counters.steps >= max_steps:
+            # Counted here, from the journal only the sidecar can write: the agent cannot
+            # reset the count by editing a file or restarting itself.
+            raise self._fail(
+                ErrorCode.MAX_STEPS_EXCEEDED,
+                f"the job used its {max_steps} steps (limits.maxSteps)",
+                persist=False,
+            )
         if self.budget_exceeded:
             raise self._fail(
                 ErrorCode.BUDGET_EXCEEDED,

@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from codingjob_agent.protocol import GATEWAY_PORT, JOURNAL_PATH, STATS_PORT, TRANSCRIPT_PATH
+from codingjob_agent.protocol import (
+    GATEWAY_PORT,
+    JOURNAL_PATH,
+    STATS_PORT,
+    TERMINATION_LOG,
+    TRANSCRIPT_PATH,
+)
 
 
 class Strategy(StrEnum):
@@ -22,6 +28,7 @@ class SettingsError(ValueError):
     """The environment is missing a setting or holds an invalid one."""
 
 
+DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 #: Output tokens reserved when ``CODINGJOB_MODEL_MAX_OUTPUT_TOKENS`` is not set.
 DEFAULT_RESERVED_OUTPUT_TOKENS = 4096
 
@@ -50,11 +57,18 @@ class Settings:
     #: next steps do not prune (or summarize) again right away.
     prune_target: float = 0.75
     max_total_tokens: int = 0
+    #: ``limits.maxSteps``: model steps the job may take (0: no limit).
+    max_steps: int = 0
     workspace: Path = Path("/workspace")
     gateway_port: int = GATEWAY_PORT
     stats_host: str = "127.0.0.1"
     stats_port: int = STATS_PORT
-    max_request_bytes: int = 32 * 1024 * 1024
+    #: Largest step body accepted. A step carries tool results (already cut by the tools) and
+    #: screenshots; 8 MiB is many times that, and small enough that the few bodies in memory at
+    #: once (server.BODY_SLOTS) fit the sidecar's memory limit after parsing.
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    #: The termination message file; written only when it exists (Kubernetes creates it).
+    termination_log: Path = Path(TERMINATION_LOG)
 
     @property
     def reserved_output_tokens(self) -> int:
@@ -128,12 +142,15 @@ class Settings:
             strategy=strategy,
             keep_turns=int(number("CONTEXT_KEEP_TURNS", int, 2) or 0),
             max_total_tokens=int(number("MAX_TOTAL_TOKENS", int, 0) or 0),
+            max_steps=int(number("MAX_STEPS", int, 0) or 0),
+            termination_log=Path(text("TERMINATION_LOG", TERMINATION_LOG) or TERMINATION_LOG),
             workspace=Path(text("WORKSPACE", "/workspace") or "/workspace"),
             gateway_port=int(number("GATEWAY_PORT", int, GATEWAY_PORT) or 0),
             stats_host=text("STATS_HOST", "127.0.0.1") or "127.0.0.1",
             stats_port=int(number("STATS_PORT", int, STATS_PORT) or 0),
             max_request_bytes=int(
-                number("CONTEXT_MAX_REQUEST_BYTES", int, 32 * 1024 * 1024) or 32 * 1024 * 1024
+                number("CONTEXT_MAX_REQUEST_BYTES", int, DEFAULT_MAX_REQUEST_BYTES)
+                or DEFAULT_MAX_REQUEST_BYTES
             ),
         )
         if settings.budget < 256:

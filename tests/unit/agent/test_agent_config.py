@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from codingjob_agent.agent.__main__ import main
 from codingjob_agent.agent.config import AgentConfig, ConfigError
-from codingjob_agent.agent.results import AgentState, write_result
+from codingjob_agent.agent.results import write_result
 from codingjob_agent.protocol import AgentReason, AgentResult, Outcome
 
 BASE = {"CODINGJOB_GATEWAY_URL": "http://127.0.0.1:8080/", "CODINGJOB_TASK": "t"}
@@ -63,13 +63,6 @@ def test_write_result_and_termination_message(tmp_path: Path) -> None:
     assert len(log.read_bytes()) <= 4096
     # An unwritable termination log (outside Kubernetes) does not lose result.json.
     write_result(result, tmp_path, tmp_path / "missing-dir" / "log")
-
-
-def test_state_survives_garbage(tmp_path: Path) -> None:
-    AgentState(steps=4).save(tmp_path)
-    assert AgentState.load(tmp_path).steps == 4
-    (tmp_path / ".codingjob/agent-state.json").write_text("{torn")
-    assert AgentState.load(tmp_path).steps == 0
 
 
 def test_report_command_writes_a_failed_result(

@@ -16,7 +16,6 @@ import pytest
 from codingjob_agent.agent.config import AgentConfig
 from codingjob_agent.agent.gateway import GatewayError, GatewayUnavailable
 from codingjob_agent.agent.loop import NO_TOOL_CALL_NOTE, Agent
-from codingjob_agent.agent.results import AgentState
 from codingjob_agent.agent.tools import Toolbox, ToolOutput
 from codingjob_agent.protocol import (
     AgentReason,
@@ -111,7 +110,7 @@ def test_fresh_start_runs_tools_and_finishes(tmp_path: Path) -> None:
     assert {t["function"]["name"] for t in first.tools} >= {"bash", "finish"}
     assert [m["tool_call_id"] for m in second.messages] == ["call_0", "call_1"]
     assert "hi" in second.messages[1]["content"]
-    assert AgentState.load(tmp_path).steps == 2
+    assert not (tmp_path / ".codingjob/agent-state.json").exists(), "no step count on disk"
     assert lines[1].startswith("step 1/5 | create hello.txt | ok |")
     assert "tokens 100 total" in lines[1]
 
@@ -178,6 +177,25 @@ def test_max_steps(tmp_path: Path) -> None:
     assert result.steps == 2 and len(gw.requests) == 2
 
 
+def test_the_sidecars_step_count_is_the_one_that_counts(tmp_path: Path) -> None:
+    """A forged step count on disk changes nothing; the sidecar's count (and its refusal of the
+    step after the last) ends the run."""
+    (tmp_path / ".codingjob").mkdir()
+    (tmp_path / ".codingjob/agent-state.json").write_text('{"steps": 0}')
+    limit = GatewayError(409, ErrorCode.MAX_STEPS_EXCEEDED, "the job used its 3 steps")
+    gw = FakeGateway(
+        [limit],
+        state=ConversationState(
+            messages=8,
+            lastMessage={"role": "tool", "tool_call_id": "call_0", "content": "ok"},
+            stats=Stats(steps=3, maxSteps=3),
+        ),
+    )
+    result = make_agent(tmp_path, gw)[0].run()
+    assert (result.outcome, result.reason) == (Outcome.FAILED, AgentReason.MAX_STEPS_EXCEEDED)
+    assert result.steps == 3
+
+
 def test_deadline_interrupts_a_running_command(tmp_path: Path) -> None:
     gw = FakeGateway([assistant(("bash", {"command": "sleep 30", "timeout": 600}))] * 3)
     agent, _ = make_agent(tmp_path, gw, deadline_seconds=2)
@@ -211,13 +229,14 @@ def test_sigterm_stops_the_run_and_kills_the_command(tmp_path: Path) -> None:
     time.sleep(0.2)
     assert not Path(f"/proc/{shell}").exists()
     assert signal.getsignal(signal.SIGTERM) == before
-    assert AgentState.load(tmp_path).steps == 1
+    assert result.steps == 1
 
 
 @pytest.mark.parametrize(
     ("code", "reason"),
     [
         (ErrorCode.BUDGET_EXCEEDED, AgentReason.BUDGET_EXCEEDED),
+        (ErrorCode.MAX_STEPS_EXCEEDED, AgentReason.MAX_STEPS_EXCEEDED),
         (ErrorCode.CONTEXT_OVERFLOW, AgentReason.CONTEXT_OVERFLOW),
         (ErrorCode.MODEL_UNAVAILABLE, AgentReason.MODEL_ERROR),
         (ErrorCode.BAD_REQUEST, AgentReason.AGENT_ERROR),

@@ -20,7 +20,7 @@ import pytest
 from codingjob_agent.context.journal import Journal
 from codingjob_agent.context.summarize import SUMMARY_HEADER
 from codingjob_agent.context.tokens import counter_for
-from codingjob_agent.protocol import ConversationState, StepResponse
+from codingjob_agent.protocol import JOURNAL_PATH, TRANSCRIPT_PATH, ConversationState, StepResponse
 
 from tests.fixtures.scripted_model import ContextManager, ScriptedModel
 
@@ -138,10 +138,10 @@ def test_a_scenario_runs_to_the_end_and_is_stored(
     assert current.messages == stats.messages and current.pending_tool_call_ids == ["call_t3_0"]
     status, polled = request("GET", f"{cm.stats_url}/stats")
     assert status == 200 and polled["steps"] == 4 and "modelCalls" in polled
-    transcript = (tmp_path / "context.txt").read_text()
+    transcript = (tmp_path / TRANSCRIPT_PATH).read_text()
     assert "[system]\nYou are a careful test agent." in transcript
     assert "-> finish(" in transcript
-    assert len(Journal(tmp_path / "context.jsonl").load()) >= 8
+    assert len(Journal(tmp_path / JOURNAL_PATH).load()) >= 8
 
 
 def test_only_stats_and_health_are_on_the_stats_listener(
@@ -179,7 +179,7 @@ def test_pruning_keeps_every_request_within_the_budget(
     steps = [r for r in seen if r["purpose"] == "step"]
     assert max(r["tokens"] for r in steps) > budget * 0.75, "pruning happened near the limit"
     summaries = [r for r in seen if r["purpose"] == "summary"]
-    events = Journal(tmp_path / "context.jsonl").load()
+    events = Journal(tmp_path / JOURNAL_PATH).load()
     drops = [e for e in events if e["op"] == "drop"]
     if strategy == "summarize":
         assert summaries and all(r["maxTokens"] for r in summaries)
@@ -249,7 +249,7 @@ def test_bad_input_is_refused_and_changes_nothing(
     assert status == 200
     call_id = first["message"]["tool_calls"][0]["id"]
     before = state(cm)
-    journal = (tmp_path / "context.jsonl").read_bytes()
+    journal = (tmp_path / JOURNAL_PATH).read_bytes()
     url = f"{cm.gateway_url}/v1/step"
     tool = {"role": "tool", "tool_call_id": call_id, "content": "output of step 0"}
 
@@ -296,7 +296,7 @@ def test_bad_input_is_refused_and_changes_nothing(
         assert after.messages == before.messages, name
         assert after.pending_tool_call_ids == before.pending_tool_call_ids, name
         if code != "ContextOverflow":
-            assert (tmp_path / "context.jsonl").read_bytes() == journal, name
+            assert (tmp_path / JOURNAL_PATH).read_bytes() == journal, name
     # A body sent in chunks, without Content-Length, meets the same limit.
     connection = http.client.HTTPConnection("127.0.0.1", int(cm.gateway_url.rsplit(":", 1)[1]))
     connection.request("POST", "/v1/step", body=iter([b'{"messages": ["', b"x" * 200_000]))
@@ -322,6 +322,26 @@ def test_a_spent_budget_stops_the_next_step(
     assert (status, error["error"]) == (409, "BudgetExceeded")
     assert state(cm).messages == messages
     assert request("GET", f"{cm.stats_url}/stats")[1]["budgetExceeded"] is True
+
+
+def test_the_sidecar_counts_and_enforces_max_steps(
+    scripted_model: Model, context_manager: Start, tmp_path: Path
+) -> None:
+    cm = context_manager(scripted_model(scenario(5)), tmp_path, MAX_STEPS=2)
+    status, body = step(cm, FIRST)
+    assert status == 200 and body["stats"]["maxSteps"] == 2
+    status, body = step(cm, answer(body["message"], 5))
+    assert status == 200 and body["stats"]["steps"] == 2
+    outgoing = answer(body["message"], 5)
+    status, error = step(cm, outgoing)
+    assert (status, error["error"]) == (409, "MaxStepsExceeded")
+    assert "2 steps" in error["message"]
+    # Refused before anything is stored, and still refused after a restart (the count is in
+    # the sidecar's journal).
+    assert state(cm).messages == 2 + 2 + 1
+    cm.restart()
+    assert state(cm).stats.steps == 2
+    assert step(cm, outgoing)[1]["error"] == "MaxStepsExceeded"
 
 
 def test_model_errors_reach_the_agent_and_a_retry_is_not_stored_twice(
@@ -382,4 +402,5 @@ def test_an_invalid_configuration_stops_the_sidecar_with_the_reason(
     )
     assert done.returncode == 2
     assert message in done.stderr
+    assert not (tmp_path / JOURNAL_PATH).exists()
     assert not (tmp_path / "context.jsonl").exists()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from codingjob_agent.context.journal import Journal
+from codingjob_agent.protocol import JOURNAL_PATH
 
 from tests.fixtures.relay import ModelRelay
 from tests.fixtures.scripted_model import ContextManager, ScriptedModel
@@ -97,7 +98,7 @@ def test_context_length_exceeded_prunes_harder_and_retries(
     assert responses[-1].stats.tokens.pruned > 0
     assert responses[-1].stats.errors == 0
     assert all(r["status"] == 200 for r in model.requests())
-    events = Journal(tmp_path / "context.jsonl").load()
+    events = Journal(tmp_path / JOURNAL_PATH).load()
     assert any(e["op"] in ("mask", "drop") for e in events)
     with urllib.request.urlopen(f"{relay.base_url[:-3]}/metrics", timeout=10) as r:
         assert 'reason="context_window"' in r.read().decode()

@@ -16,8 +16,8 @@ def test_defaults_follow_the_pod_contract() -> None:
     assert settings.encoding == "cl100k_base"
     assert settings.strategy is Strategy.MASK_OBSERVATIONS
     assert settings.budget == 1_000_000 - 4096
-    assert settings.journal_path == Path("/workspace/context.jsonl")
-    assert settings.transcript_path == Path("/workspace/context.txt")
+    assert settings.journal_path == Path("/workspace/.context-manager/context.jsonl")
+    assert settings.transcript_path == Path("/workspace/.context-manager/context.txt")
     assert (settings.gateway_port, settings.stats_host, settings.stats_port) == (
         8080,
         "127.0.0.1",
@@ -46,7 +46,7 @@ def test_every_variable_is_read() -> None:
     assert settings.strategy is Strategy.SUMMARIZE
     assert settings.max_total_tokens == 50000
     assert settings.stats_host == "10.0.0.7"
-    assert settings.journal_path == Path("/data/ws/context.jsonl")
+    assert settings.journal_path == Path("/data/ws/.context-manager/context.jsonl")
 
 
 @pytest.mark.parametrize(

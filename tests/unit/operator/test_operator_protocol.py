@@ -53,3 +53,36 @@ def test_stats_parse() -> None:
 def test_ports_match_the_protocol() -> None:
     assert builders.GATEWAY_PORT == protocol.GATEWAY_PORT
     assert builders.STATS_PORT == protocol.STATS_PORT
+
+
+def test_the_sidecars_identity_and_paths_match_the_protocol() -> None:
+    from codingjob_operator import archiver
+
+    assert (builders.SIDECAR_UID, builders.SIDECAR_GID) == (
+        protocol.SIDECAR_UID,
+        protocol.SIDECAR_GID,
+    )
+    assert builders.SIDECAR_UID != builders.AGENT_UID
+    assert builders.SIDECAR_STATE_DIR == archiver.STATE_DIR == protocol.STATE_DIR
+    assert archiver.TRANSCRIPT_NAME == protocol.TRANSCRIPT_PATH
+    assert archiver.LEGACY_TRANSCRIPT_NAME == protocol.LEGACY_TRANSCRIPT_PATH
+
+
+def test_the_sidecars_termination_message_parses() -> None:
+    stats = protocol.Stats(
+        tokens=protocol.TokenStats(used=900, prompt=800, completion=100, costUSD=0.5),
+        steps=3,
+        max_steps=10,
+        budget_exceeded=True,
+        last_error="x" * 10_000,
+    )
+    parsed = StatsMessage.model_validate_json(protocol.sidecar_termination_message(stats))
+    assert (parsed.steps, parsed.tokens.used, parsed.tokens.cost_usd) == (3, 900, 0.5)
+    assert parsed.budget_exceeded and parsed.last_error == "x" * protocol.REPORT_TEXT_MAX
+
+
+def test_max_steps_reason_matches_the_protocol() -> None:
+    from codingjob_operator import conditions
+
+    assert protocol.AgentReason.MAX_STEPS_EXCEEDED.value == conditions.MAX_STEPS_EXCEEDED
+    assert protocol.AgentReason.BUDGET_EXCEEDED.value == conditions.TOKEN_BUDGET_REASON

@@ -125,7 +125,8 @@ def test_a_4kib_ansi_reason_ends_the_job_with_a_clean_reason(make: Make) -> None
     end_agent(w, exit_code=1, message=message)
     assert w.status["outcome"] == "Failed"
     assert w.status["reason"] == c.AGENT_ERROR
-    assert w.status["steps"] == COUNT_MAX
+    # The agent's counts are never taken: the status has none from this message.
+    assert w.status.get("steps", 0) < COUNT_MAX
     assert len(w.status["message"]) <= MESSAGE_MAX
     assert "REDevil" in w.status["message"]
     _assert_inert(w.status)

@@ -98,6 +98,9 @@ BREAKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "llm-key-only-in-sidecar": lambda s: _agent(s)["env"].extend(
         e for e in _sidecar(s)["env"] if e["name"] == "CODINGJOB_MODEL_API_KEY"
     ),
+    "sidecar-state-hidden-from-agent": lambda s: _agent(s).update(
+        volumeMounts=[m for m in _agent(s)["volumeMounts"] if m["name"] != "sidecar-state-mask"]
+    ),
 }
 
 
@@ -138,4 +141,35 @@ def test_the_archiver_is_exempt_from_two_sandbox_checks_only() -> None:
     assert set(SANDBOX_CHECKS) - set(ARCHIVER_CHECKS) == {
         "llm-key-only-in-sidecar",
         "no-shared-process-namespace",
+        "sidecar-state-hidden-from-agent",
     }
+
+
+@pytest.mark.parametrize(
+    "expose",
+    [
+        # The sidecar as the agent's uid: the agent could write its journal.
+        lambda s: _sidecar(s)["securityContext"].update(runAsUser=1000),
+        lambda s: _sidecar(s)["securityContext"].pop("runAsGroup"),
+        # The mask writable, or not an empty volume.
+        lambda s: next(
+            m for m in _agent(s)["volumeMounts"] if m["name"] == "sidecar-state-mask"
+        ).pop("readOnly"),
+        lambda s: s.update(
+            volumes=[
+                {"name": v["name"], "configMap": {"name": "x"}}
+                if v["name"] == "sidecar-state-mask"
+                else v
+                for v in s["volumes"]
+            ]
+        ),
+        # A scratch volume shared between the two containers.
+        lambda s: _sidecar(s)["volumeMounts"].append({"name": "tmp", "mountPath": "/scratch"}),
+    ],
+)
+def test_every_way_to_expose_the_sidecars_state_is_caught(
+    expose: Callable[[dict[str, Any]], None],
+) -> None:
+    spec = agent_pod_spec("defaults")
+    expose(spec)
+    assert "sidecar-state-hidden-from-agent" in sandbox_violations(spec)
