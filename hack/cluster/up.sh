@@ -400,7 +400,7 @@ start kube-router "$KUBE_ROUTER" --kubeconfig "$CONF/kube-router.kubeconfig" \
   --hostname-override "$NODE_NAME" \
   --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
   --service-cluster-ip-range "$SERVICE_CIDR" --metrics-port 0 \
-  --health-port "$KUBE_ROUTER_HEALTH_PORT" --v=1
+  --health-port "$KUBE_ROUTER_HEALTH_PORT" --v=0
 wait_for kube-router 60 kube_router_healthy || die "kube-router is not healthy: $LOGS/kube-router.log"
 
 "${KUBECTL[@]}" -n kube-system rollout status deployment/coredns --timeout=120s >&2

@@ -45,9 +45,10 @@ UDP_SERVER = (
     ' $s->send("udp-ok\\n", 0, $peer) }'
 )
 #: One probe from a client pod: bash's /dev/tcp and /dev/udp, an answer within the timeout.
+#: (`head`, not bash's `read`: read takes one byte per call, which truncates a UDP datagram.)
 PROBE = (
     'exec 3<>"/dev/$0/$1/$2" || exit 1; [ "$0" = tcp ] || printf ping >&3;'
-    f' read -t {PROBE_TIMEOUT_S} -r reply <&3 && [ "$reply" = "$0-ok" ]'
+    f' reply="$(timeout {PROBE_TIMEOUT_S} head -n 1 <&3)" && [ "$reply" = "$0-ok" ]'
 )
 
 
