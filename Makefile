@@ -101,7 +101,7 @@ images: ## Build the base, agent and operator images and load them into the clus
 	hack/images.sh
 
 .PHONY: tools
-tools: ## Build (once; then cached) Kubernetes, etcd, CoreDNS, pause, helm, MinIO from source.
+tools: ## Build (once; then cached) Kubernetes, etcd, CoreDNS, pause, helm, MinIO, kube-router from source.
 	hack/cluster/build.sh all
 
 ##@ Benchmarks

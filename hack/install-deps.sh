@@ -8,6 +8,8 @@ packages=(
   docker.io containerd runc containernetworking-plugins debootstrap
   # What kubelet and kube-proxy call on the node.
   iptables conntrack socat ethtool iproute2 util-linux mount
+  # kube-router's network policy firewall keeps the pods each policy selects in ipsets.
+  ipset
   # Certificates for the local control plane; archives; the test browser.
   openssl ca-certificates curl zip unzip chromium fonts-dejavu-core
   # The unit test that runs the scripted todo app's own tests (node --test); CI fails on a skip.

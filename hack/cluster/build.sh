@@ -3,7 +3,8 @@
 #
 #   hack/cluster/build.sh TOOL...     TOOL: kubernetes | kube-apiserver | kube-controller-manager |
 #                                     kube-scheduler | kubelet | kube-proxy | kubectl | etcd |
-#                                     coredns | pause | helm | minio | local-path-provisioner | all
+#                                     coredns | pause | helm | minio | local-path-provisioner |
+#                                     kube-router | all
 #
 # Binaries land in $CODINGJOB_CACHE/bin/<tool>-<version>/ and are reused while that directory
 # exists, so only the first run compiles. Versions come from the wrapper modules in
@@ -29,6 +30,7 @@ declare -A USUALLY=(
   [helm]="about 4 min on 2 cores"
   [minio]="about 8 min on 2 cores"
   [local-path-provisioner]="about 2 min on 2 cores"
+  [kube-router]="about 3 min on 2 cores"
   [pause]="a few seconds"
 )
 
@@ -109,6 +111,9 @@ build_helm() { build_tool "$1" helm helm.sh/helm/v3/cmd/helm helm; }
 build_local_path_provisioner() {
   build_tool "$1" local-path-provisioner github.com/rancher/local-path-provisioner local-path-provisioner
 }
+build_kube_router() {
+  build_tool "$1" kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router kube-router
+}
 build_minio() { GOBIN="$1" nice go install -trimpath -ldflags "-s -w" "github.com/minio/minio@$2"; }
 
 # The pause container of every pod: static C from the Kubernetes module, as upstream builds it.
@@ -140,15 +145,16 @@ ensure() {
     coredns) v="$(module_version coredns github.com/coredns/coredns)" ;;
     helm) v="$(module_version helm helm.sh/helm/v3)" ;;
     local-path-provisioner) v="$(module_version local-path-provisioner github.com/rancher/local-path-provisioner)" ;;
+    kube-router) v="$(module_version kube-router github.com/cloudnativelabs/kube-router/v2)" ;;
     minio) v="$MINIO_VERSION" ;;
     pause) v="$(pause_version)" ;;
     all)
-      for tool in kubernetes etcd coredns pause helm minio local-path-provisioner; do ensure "$tool"; done
+      for tool in kubernetes etcd coredns pause helm minio local-path-provisioner kube-router; do ensure "$tool"; done
       return
       ;;
     *) die "unknown tool '$tool' (see the header of $0)" ;;
   esac
-  if [ -n "${v:-}" ] && [[ "$tool" != kube* ]]; then
+  if [ -n "${v:-}" ]; then
     cached "$tool" "$v" "$tool" || build_into "$tool" "$v" "build_${tool//-/_}"
     echo "$BIN_CACHE/$tool-$v/$tool"
   fi

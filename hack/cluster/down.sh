@@ -37,7 +37,7 @@ stop() {
 
 # The kubelet first, so it restarts nothing while the rest goes down.
 stop kubelet
-stop kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd
+stop kube-router kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd
 
 # Every pod process lives in the kubelet's kubepods cgroups: kill them all, then the shims of our
 # containerd (found by its socket, which no other containerd uses), then containerd itself.
@@ -74,6 +74,19 @@ for chain in $(iptables -t nat -S | awk '$1 == "-N" && $2 ~ /^CNI-/ {print $2}')
 done 2>/dev/null
 iptables -S FORWARD | grep -- '--comment codingjob-cluster' | sed 's/^-A/-D/' |
   while read -r rule; do eval "iptables $rule"; done
+# kube-router's firewall: its `--cleanup-config` panics in the service-proxy cleanup when the proxy
+# never ran, so its jumps, chains and ipsets are removed here (names from its netpol controller).
+iptables -S | grep -E -- '-j KUBE-(ROUTER|NWPLCY|POD-FW)-' | grep -E '^-A (INPUT|FORWARD|OUTPUT) ' |
+  sed 's/^-A/-D/' | while read -r rule; do eval "iptables $rule"; done
+for chain in $(iptables -S | awk '$1 == "-N" && $2 ~ /^KUBE-(ROUTER|NWPLCY|POD-FW)-/ {print $2}'); do
+  iptables -F "$chain"
+done 2>/dev/null
+for chain in $(iptables -S | awk '$1 == "-N" && $2 ~ /^KUBE-(ROUTER|NWPLCY|POD-FW)-/ {print $2}'); do
+  iptables -X "$chain"
+done 2>/dev/null
+if command -v ipset >/dev/null; then
+  for set in $(ipset list -n | grep -E '^(inet6:)?KUBE-(SRC|DST)-'); do ipset destroy "$set"; done 2>/dev/null
+fi
 
 # Pod logs the kubelet keeps outside its root dir.
 rm -rf /var/log/pods/* /var/log/containers/*

@@ -25,6 +25,8 @@ POD_PIDS_LIMIT="${CODINGJOB_POD_PIDS_LIMIT:-4096}"
 APISERVER_PORT=6443
 ETCD_CLIENT_URL="http://127.0.0.1:2379"
 CNI_BRIDGE="cni0"
+# kube-router's health endpoint (its default port; it answers once its first policy sync is done).
+KUBE_ROUTER_HEALTH_PORT=20244
 
 NODE_NAME="$(hostname | tr '[:upper:]' '[:lower:]')"
 BASE_IMAGE="${BASE_IMAGE:-codingjob/base:bookworm}"
@@ -62,6 +64,9 @@ with_heartbeat() {
 node_ip() {
   ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "src") {print $(i + 1); exit}}'
 }
+
+# kube_router_healthy: kube-router's health endpoint answers (its controllers are up and syncing).
+kube_router_healthy() { curl -sf --max-time 2 "http://127.0.0.1:$KUBE_ROUTER_HEALTH_PORT/healthz" >/dev/null; }
 
 # tool_path NAME builds NAME if it is not cached yet and prints the binary's path.
 tool_path() { "$HACK_CLUSTER/build.sh" "$1"; }

@@ -11,7 +11,7 @@ say() { $quiet || printf '%-26s %s\n' "$1" "$2"; }
 ok=true
 PKI="$CLUSTER_DIR/pki"
 
-for c in containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
+for c in containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kube-router; do
   if pid_alive "$c"; then say "$c" "running (pid $(cat "$RUN_DIR/$c.pid"))"; else say "$c" "stopped"; ok=false; fi
 done
 

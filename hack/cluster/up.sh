@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts a real single-node Kubernetes from the official binaries, the way Kubernetes' own
 # hack/local-up-cluster.sh does: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# a kubelet on its own containerd (runc, bridge CNI), kube-proxy, CoreDNS and a default
-# StorageClass. Needs root on Debian/Ubuntu (see hack/install-deps.sh); no registry is used.
+# a kubelet on its own containerd (runc, bridge CNI), kube-proxy, kube-router's network policy
+# firewall (so NetworkPolicies are enforced), CoreDNS and a default StorageClass. Needs root on
+# Debian/Ubuntu (see hack/install-deps.sh); no registry is used.
 #
 # Idempotent: components already running are kept, dead ones (stale pid files, a half-started
 # component) are started again, and a healthy cluster returns at once. The last line on stdout
@@ -48,6 +49,7 @@ ETCD="$(tool_path etcd)"
 PAUSE="$(tool_path pause)"
 COREDNS="$(tool_path coredns)"
 LOCAL_PATH="$(tool_path local-path-provisioner)"
+KUBE_ROUTER="$(tool_path kube-router)"
 KUBECTL=("$KUBE_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH")
 
 # version_of BINARY_PATH: the cache dir name carries the version (coredns-v1.14.7/coredns).
@@ -116,6 +118,8 @@ sign kube-controller-manager "/CN=system:kube-controller-manager"
 sign kube-scheduler "/CN=system:kube-scheduler"
 sign kubelet "/CN=system:node:$NODE_NAME/O=system:nodes"
 sign kube-proxy "/CN=system:kube-proxy"
+# kube-router's rights come from the ClusterRole in addons/kube-router.yaml (read-only watches).
+sign kube-router "/CN=system:kube-router"
 
 # write_kubeconfig NAME: a kubeconfig that authenticates with NAME's client certificate.
 write_kubeconfig() {
@@ -139,7 +143,7 @@ contexts:
 current-context: codingjob
 EOF
 }
-for c in kube-controller-manager kube-scheduler kubelet kube-proxy; do
+for c in kube-controller-manager kube-scheduler kubelet kube-proxy kube-router; do
   write_kubeconfig "$c" "$CONF/$c.kubeconfig"
 done
 write_kubeconfig admin "$KUBECONFIG_PATH"
@@ -387,6 +391,18 @@ for addon in "$HACK_CLUSTER"/addons/*.yaml; do
   envsubst '${CLUSTER_DOMAIN} ${DNS_SERVICE_IP} ${COREDNS_IMAGE} ${LOCAL_PATH_IMAGE} ${BASE_IMAGE} ${LOCAL_PATH_DIR}' \
     <"$addon" | "${KUBECTL[@]}" apply -f - >/dev/null
 done
+
+# NetworkPolicy enforcement: kube-router's firewall alone (iptables + ipset), beside the bridge CNI
+# and kube-proxy; it routes nothing and proxies nothing. Started after the add-ons, which carry its
+# RBAC. Why this engine: hack/cluster/README.md.
+command -v ipset >/dev/null || die "ipset is missing (kube-router needs it): run hack/install-deps.sh"
+start kube-router "$KUBE_ROUTER" --kubeconfig "$CONF/kube-router.kubeconfig" \
+  --hostname-override "$NODE_NAME" \
+  --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
+  --service-cluster-ip-range "$SERVICE_CIDR" --metrics-port 0 \
+  --health-port "$KUBE_ROUTER_HEALTH_PORT" --v=0
+wait_for kube-router 60 kube_router_healthy || die "kube-router is not healthy: $LOGS/kube-router.log"
+
 "${KUBECTL[@]}" -n kube-system rollout status deployment/coredns --timeout=120s >&2
 "${KUBECTL[@]}" -n local-path-storage rollout status deployment/local-path-provisioner --timeout=120s >&2
 

@@ -55,6 +55,9 @@ class ClusterDNS:
     namespace: str = "kube-system"
     pod_labels: Mapping[str, str] = field(default_factory=lambda: {"k8s-app": "kube-dns"})
     node_local_ip: str | None = None
+    #: The DNS Service's ClusterIP, for engines that match before the Service's address
+    #: translation (most match its pods, after it).
+    service_ip: str | None = None
 
 
 @dataclass(frozen=True)
@@ -468,6 +471,25 @@ def _peer_rules(peer: EgressPeer, floor: Sequence[str]) -> list[Manifest]:
     return [rule]
 
 
+def _host_block(address: str) -> Manifest:
+    return {"ipBlock": {"cidr": f"{address}/{128 if ':' in address else 32}"}}
+
+
+def _dns_rule(dns: ClusterDNS) -> Manifest:
+    """Egress to the cluster DNS on 53 only: an outside resolver would be a tunnel out."""
+    peers: list[Manifest] = [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": dns.namespace}},
+            "podSelector": {"matchLabels": dict(dns.pod_labels)},
+        }
+    ]
+    peers += [_host_block(ip) for ip in (dns.service_ip, dns.node_local_ip) if ip]
+    return {
+        "to": peers,
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
+
+
 def network_policy(
     job: JobRef,
     spec: CodingJobSpec,
@@ -475,46 +497,40 @@ def network_policy(
     model_peers: Sequence[EgressPeer] = (),
     floor: Sequence[str] = ALWAYS_DENIED_CIDRS,
     dns: ClusterDNS | None = None,
+    stats_sources: Sequence[str] = (),
 ) -> Manifest:
-    """The sandbox's NetworkPolicy: no ingress but the stats port, egress per spec.network.
+    """The sandbox's NetworkPolicy: ingress only to `/stats` from ``stats_sources``; egress to
+    the cluster DNS, the model (the relay's or the endpoint's pods or addresses) and, per
+    spec.network, the allowed CIDRs or (Open) the internet.
 
-    Every ipBlock has the ``floor`` (metadata, node/pod/service CIDRs, the API server) cut out,
-    so no spec, class or resolved model address can open it.
+    Every ipBlock from the spec has the ``floor`` (metadata, node/pod/service CIDRs, the API
+    server) cut out, so no spec, class or resolved model address can open it.
     """
     dns = dns or ClusterDNS()
-    ingress = [
-        # Only the read-only, secret-free stats listener. Its clients are the API server's pod
-        # proxy (`pods/proxy`), whose source address depends on the CNI and control-plane
-        # topology, so no narrower peer is portable. The desktop ports need no rule:
-        # `kubectl port-forward` enters the pod through the kubelet, not the pod network.
-        {"ports": [{"protocol": "TCP", "port": STATS_PORT}]}
-    ]
-    egress: list[Manifest]
+    # Nothing else may connect in: NetworkPolicy always admits the pod's own node, which is
+    # where `kubectl port-forward` (the desktop, Jupyter; through the kubelet, inside the pod's
+    # network namespace) and the kubelet's probes come from. Only the read-only stats listener
+    # gets a rule, for the API server's pod proxy when the API server runs on other hosts (its
+    # addresses, from the admin); another sandbox or workload can never read it.
+    ingress: list[Manifest] = []
+    if stats_sources:
+        ingress.append(
+            {
+                "from": [{"ipBlock": {"cidr": cidr}} for cidr in stats_sources],
+                "ports": [{"protocol": "TCP", "port": STATS_PORT}],
+            }
+        )
+    # The cluster DNS and the model are reachable in both modes: with Open egress the floor
+    # (which holds the pod and service CIDRs) would otherwise cut them off.
+    egress: list[Manifest] = [_dns_rule(dns)]
+    for peer in model_peers:
+        egress += _peer_rules(peer, floor)
     if spec.network.egress == EgressMode.OPEN:
-        egress = [{"to": _ip_blocks(["0.0.0.0/0", "::/0"], floor)}]
+        internet = _ip_blocks(["0.0.0.0/0", "::/0"], floor)
     else:
-        dns_peers: list[Manifest] = [
-            {
-                # DNS to the cluster DNS pods only; an outside resolver would be a tunnel out.
-                "namespaceSelector": {
-                    "matchLabels": {"kubernetes.io/metadata.name": dns.namespace}
-                },
-                "podSelector": {"matchLabels": dict(dns.pod_labels)},
-            }
-        ]
-        if dns.node_local_ip:
-            dns_peers.append({"ipBlock": {"cidr": f"{dns.node_local_ip}/32"}})
-        egress = [
-            {
-                "to": dns_peers,
-                "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-            }
-        ]
-        for peer in model_peers:
-            egress += _peer_rules(peer, floor)
-        allowed = _ip_blocks(spec.network.allowed_cidrs, floor)
-        if allowed:
-            egress.append({"to": allowed})
+        internet = _ip_blocks(spec.network.allowed_cidrs, floor)
+    if internet:
+        egress.append({"to": internet})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

@@ -69,3 +69,9 @@ class OperatorConfig(BaseSettings):
     dns_pod_labels: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"})
     #: A NodeLocal DNSCache address sandboxes may also query, when the cluster runs one.
     node_local_dns_ip: str | None = None
+    #: The cluster DNS Service's ClusterIP, also allowed on port 53 (for engines that match
+    #: before the Service's address translation).
+    dns_service_ip: str | None = None
+    #: Addresses allowed to reach a sandbox's `/stats` port besides its own node: the API
+    #: server's, when it runs elsewhere (its pod proxy is how the operator reads the stats).
+    stats_source_cidrs: list[str] = Field(default_factory=list)

@@ -202,6 +202,7 @@ class Reconciler:
             namespace=config.dns_namespace,
             pod_labels=dict(config.dns_pod_labels),
             node_local_ip=config.node_local_dns_ip,
+            service_ip=config.dns_service_ip,
         )
 
     # Entry point.
@@ -660,10 +661,13 @@ class Reconciler:
                 retry_seconds=retry_seconds,
             )
         peers: list[builders.EgressPeer] = []
-        if spec.network.egress == EgressMode.RESTRICTED:
-            try:
-                peers = resolve_model_peers(model.base_url, self.kube_read_service)
-            except RetryLater as error:
+        try:
+            # Also with Open egress: a model inside the cluster (the relay, an in-cluster
+            # endpoint) sits behind the floor, which holds the pod and service CIDRs.
+            peers = resolve_model_peers(model.base_url, self.kube_read_service)
+        except RetryLater as error:
+            # Open egress already reaches any host outside the floor: no need to wait for it.
+            if spec.network.egress == EgressMode.RESTRICTED:
                 # No pod without its egress rule; say why the job waits, then retry later.
                 ready = c.ConditionUpdate(c.READY, False, c.MODEL_ENDPOINT_UNRESOLVED, str(error))
                 conditions = c.set_condition(
@@ -685,7 +689,12 @@ class Reconciler:
         if service is not None:
             self._ensure(owner, service, update=True)
         policy = builders.network_policy(
-            job, spec, model_peers=peers, floor=self.operator_defaults.floor, dns=self.dns
+            job,
+            spec,
+            model_peers=peers,
+            floor=self.operator_defaults.floor,
+            dns=self.dns,
+            stats_sources=self.config.stats_source_cidrs,
         )
         self._ensure(owner, policy, update=True)
         if resolved is not None:

@@ -269,6 +269,7 @@ def test_operator_settings_with_the_bundled_minio(helm: Helm) -> None:
         "CODINGJOB_DNS_POD_LABELS": '{"k8s-app":"kube-dns"}',
         "CODINGJOB_ARCHIVE_DEADLINE_SECONDS": "3600",
         "CODINGJOB_ARCHIVE_MAX_ATTEMPTS": "3",
+        "CODINGJOB_STATS_SOURCE_CIDRS": "[]",
     }
     operator = pod_specs(manifests)["codingjob"]["containers"][0]
     env = env_of(operator)
@@ -562,6 +563,8 @@ def test_egress_floor_reaches_the_operator(helm: Helm) -> None:
             sets=[
                 "sandboxNetwork.deniedCIDRs={10.96.0.0/12,10.244.0.0/16}",
                 "sandboxNetwork.dns.nodeLocalIP=169.254.20.10",
+                "sandboxNetwork.dns.serviceIP=10.96.0.10",
+                "sandboxNetwork.statsSourceCIDRs={203.0.113.10/32}",
             ]
         ),
         "ConfigMap",
@@ -569,6 +572,8 @@ def test_egress_floor_reaches_the_operator(helm: Helm) -> None:
     assert json.loads(config["CODINGJOB_DENIED_CIDRS"]) == ["10.96.0.0/12", "10.244.0.0/16"]
     assert json.loads(config["CODINGJOB_DNS_POD_LABELS"]) == {"k8s-app": "kube-dns"}
     assert config["CODINGJOB_NODE_LOCAL_DNS_IP"] == "169.254.20.10"
+    assert config["CODINGJOB_DNS_SERVICE_IP"] == "10.96.0.10"
+    assert json.loads(config["CODINGJOB_STATS_SOURCE_CIDRS"]) == ["203.0.113.10/32"]
 
 
 # --- Admission ------------------------------------------------------------------------------

@@ -141,7 +141,9 @@ def classed(s: CodingJobSpec, peers: tuple[builders.EgressPeer, ...]) -> list[An
             effective,
             model_peers=peers,
             floor=CLUSTER_FLOOR,
-            dns=builders.ClusterDNS(node_local_ip="169.254.20.10"),
+            dns=builders.ClusterDNS(node_local_ip="169.254.20.10", service_ip="10.96.0.10"),
+            # A managed control plane: the API server's pod proxy comes from outside the node.
+            stats_sources=("203.0.113.10/32",),
         ),
         builders.agent_pod(JOB, effective, images=IMAGES, model=MODEL, sandbox=resolved),
     ]
@@ -153,7 +155,9 @@ CASES: dict[str, list[Any]] = {
     "classed": classed(
         spec(network={"allowedCIDRs": ["140.82.112.0/20"]}), (SERVICE_PEER, IP_PEER)
     ),
-    "classed-open": classed(spec(network={"egress": "Open"}), ()),
+    # Open egress still reaches the cluster DNS and an in-cluster model (the relay) behind the
+    # floor that holds the pod and service CIDRs.
+    "classed-open": classed(spec(network={"egress": "Open"}), (SERVICE_PEER,)),
     "defaults": agent_children(spec(), (SERVICE_PEER,)),
     "full": agent_children(spec(**FULL), (IP_PEER,)),
     "sandboxed": agent_children(spec(**SANDBOXED), ()),
@@ -299,3 +303,75 @@ def test_relay_jobs_get_their_credential_in_the_sidecar_only() -> None:
     secret = builders.model_credential_secret(JOB, "cjr1.payload.mac")
     assert secret["metadata"]["name"] == "todo-app-model-credential"
     assert secret["stringData"] == {"credential": "cjr1.payload.mac"}
+
+
+POLICIES = [
+    (case, m)
+    for case, ms in CASES.items()
+    for m in ms
+    if m is not None and m["kind"] == "NetworkPolicy"
+]
+
+
+@pytest.mark.parametrize(("case", "policy"), POLICIES, ids=[c for c, _ in POLICIES])
+def test_nothing_but_the_named_sources_may_connect_to_a_sandbox(
+    case: str, policy: dict[str, Any]
+) -> None:
+    # Every ingress rule names its sources (a rule without `from` admits every pod) and
+    # opens the stats port alone: the desktop and Jupyter are reached by port-forward only.
+    for rule in policy["spec"]["ingress"]:
+        assert rule["from"], case
+        assert all("ipBlock" in peer for peer in rule["from"]), case
+        assert rule["ports"] == [{"protocol": "TCP", "port": builders.STATS_PORT}], case
+    assert "Ingress" in policy["spec"]["policyTypes"]
+
+
+@pytest.mark.parametrize(("case", "policy"), POLICIES, ids=[c for c, _ in POLICIES])
+def test_dns_is_the_cluster_resolver_on_port_53_only(case: str, policy: dict[str, Any]) -> None:
+    dns, *_ = policy["spec"]["egress"]
+    assert dns["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    selectors = [p for p in dns["to"] if "podSelector" in p]
+    assert selectors == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ]
+    # Any address in the DNS rule is a single host (the DNS Service, a node-local cache).
+    assert all(p["ipBlock"]["cidr"].endswith(("/32", "/128")) for p in dns["to"] if "ipBlock" in p)
+
+
+def _egress(network: dict[str, Any], **kwargs: Any) -> list[dict[str, Any]]:
+    policy = builders.network_policy(JOB, spec(network=network), floor=CLUSTER_FLOOR, **kwargs)
+    rules: list[dict[str, Any]] = policy["spec"]["egress"]
+    return rules
+
+
+def test_restricted_sandbox_reaches_dns_and_the_model_only() -> None:
+    dns, model = _egress({"egress": "Restricted"}, model_peers=(SERVICE_PEER,))
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert model["to"][-1]["podSelector"] == {
+        "matchLabels": {"app.kubernetes.io/name": "scripted-model"}
+    }
+    assert {p["protocol"] for p in model["ports"]} == {"TCP"}
+
+
+def test_open_sandbox_reaches_dns_the_model_and_the_internet_minus_the_floor() -> None:
+    dns, model, internet = _egress({"egress": "Open"}, model_peers=(SERVICE_PEER,))
+    assert "ports" not in internet
+    v4 = next(p["ipBlock"] for p in internet["to"] if p["ipBlock"]["cidr"] == "0.0.0.0/0")
+    # The floor (metadata, node/pod/service CIDRs) stays out of the internet rule.
+    assert set(CLUSTER_FLOOR) - {"fd00:ec2::254/128", "fe80::/10"} == set(v4["except"])
+    assert dns["ports"][0]["port"] == 53 and "podSelector" in model["to"][-1]
+
+
+def test_stats_sources_are_the_only_ingress() -> None:
+    policy = builders.network_policy(JOB, spec(), stats_sources=("203.0.113.10/32",))
+    assert policy["spec"]["ingress"] == [
+        {
+            "from": [{"ipBlock": {"cidr": "203.0.113.10/32"}}],
+            "ports": [{"protocol": "TCP", "port": builders.STATS_PORT}],
+        }
+    ]
+    # Without sources only the pod's own node (always admitted by NetworkPolicy) reaches it.
+    assert builders.network_policy(JOB, spec())["spec"]["ingress"] == []
