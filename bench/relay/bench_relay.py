@@ -114,7 +114,17 @@ def main() -> None:
         config.write_text(yaml.safe_dump({"providers": [{"name": "bench", "baseURL": base}]}))
         key = secrets.token_urlsafe(32)
         relay, relay_port = start(
-            [sys.executable, "-m", "codingjob_relay", "--host", "127.0.0.1", "--port", "0"],
+            [
+                sys.executable,
+                "-m",
+                "codingjob_relay",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--metrics-port",
+                "0",
+            ],
             {
                 **env,
                 "CODINGJOB_RELAY_CONFIG": str(config),

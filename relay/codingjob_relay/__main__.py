@@ -9,6 +9,7 @@ import socket
 import sys
 
 import uvicorn
+from prometheus_client import start_http_server
 
 from codingjob_relay import logs
 from codingjob_relay.app import Relay, create_app
@@ -51,23 +52,31 @@ def listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(relay: Relay, host: str, port: int) -> None:
-    """Serve until SIGTERM or SIGINT; logs the bound address once ready (port 0: a free one)."""
+async def serve(relay: Relay, host: str, port: int, metrics_port: int) -> None:
+    """Serve until SIGTERM or SIGINT; logs the bound addresses once ready (port 0: a free one).
+
+    ``/metrics`` has a listener of its own: the sandboxes' NetworkPolicy admits the API port only,
+    and the metrics name every tenant's namespace and spending."""
     sock = listener(host, port)
     bound = sock.getsockname()[1]
+    metrics_server, _ = start_http_server(metrics_port, addr=host, registry=relay.metrics.registry)
 
     def ready() -> None:
         log.info(
-            "model relay listening on http://%s:%d with providers %s",
+            "model relay listening on http://%s:%d (metrics on port %d) with providers %s",
             host,
             bound,
+            metrics_server.server_port,
             ", ".join(p.name for p in relay.config.providers) or "(none)",
         )
 
     server = uvicorn.Server(
         uvicorn.Config(create_app(relay, ready), log_config=None, access_log=False, lifespan="on")
     )
-    await server.serve(sockets=[sock])
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        metrics_server.shutdown()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--metrics-port", type=int, default=None)
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -90,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
-    asyncio.run(serve(relay, host, port))
+    metrics_port = settings.metrics_port if args.metrics_port is None else args.metrics_port
+    asyncio.run(serve(relay, host, port, metrics_port))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 import openai
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from codingjob_relay.config import Provider, RelayConfig, Settings
 from codingjob_relay.credentials import CredentialError, JobClaims, verify
@@ -494,10 +493,6 @@ def create_app(relay: Relay, on_ready: Callable[[], None] | None = None) -> Fast
             )
 
         return await answer("", handler)
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(relay.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz() -> Response:

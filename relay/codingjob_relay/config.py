@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     job_check_ttl_seconds: float = 10.0
     host: str = "0.0.0.0"
     port: int = 8080
+    #: Port of ``/metrics``, apart from the API's: sandboxes may reach the API port, and the
+    #: metrics name every tenant's namespace and spending.
+    metrics_port: int = 9090
 
     def key(self) -> bytes:
         if self.signing_key_file is not None:

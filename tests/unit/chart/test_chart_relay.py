@@ -48,6 +48,7 @@ def test_relay_configuration_loads_and_keys_are_mounted_files(helm: Helm, tmp_pa
     assert relay["containers"][0]["command"] == [
         "codingjob-model-relay",
         "--port=8080",
+        "--metrics-port=9090",
         "--log-format=json",
     ]
     assert env_of(relay["containers"][0])["CODINGJOB_RELAY_JOB_CHECK"] == "kubernetes"

@@ -7,6 +7,7 @@ import json
 import re
 import socket
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -54,7 +55,7 @@ def step(relay: ModelRelay, credential: str, model: ScriptedModel, **options: An
 
 
 def metrics(relay: ModelRelay) -> str:
-    with urllib.request.urlopen(f"{relay.base_url[:-3]}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(relay.metrics_url, timeout=10) as response:
         return str(response.read().decode())
 
 
@@ -329,3 +330,16 @@ def test_accepted_connections_have_nagle_off() -> None:
         return value
 
     assert asyncio.run(accepted_nodelay()) == 1
+
+
+def test_metrics_are_not_served_on_the_api_port(
+    model_relay: Callable[..., ModelRelay], todo: ScriptedModel
+) -> None:
+    """Sandboxes may reach the API port; the metrics name every tenant's namespace and spending,
+    so they have a port of their own, which the sandboxes' NetworkPolicy does not admit."""
+    relay = model_relay([provider(todo)])
+    step(relay, relay.credential(namespace="team-secret"), todo)
+    assert 'namespace="team-secret"' in metrics(relay)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{relay.base_url[:-3]}/metrics", timeout=10)
+    assert refused.value.code == 404
