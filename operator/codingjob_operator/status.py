@@ -391,9 +391,8 @@ def corroborate(
 
 
 def pod_lost(pod: PodView) -> bool:
-    """True when the pod ended without the agent ending: infrastructure, retried per backoff."""
-    if pod.reason in INFRASTRUCTURE_REASONS:
-        return True
+    """True when the pod ended without the agent ending: infrastructure, retried per backoff.
+    (Evictions and the other infrastructure reasons are caught before, by :func:`evicted`.)"""
     agent_done = pod.agent is not None and pod.agent.terminated
     return pod.phase in ("Failed", "Succeeded", "Unknown") and not agent_done
 
