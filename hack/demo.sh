@@ -69,6 +69,9 @@ if ! $scripted; then
     --key-secret llm-provider ${LLM_API_KEY:+--with-key} >"$relay_values"
 fi
 
+# The jobs' namespace first: the chart grants the operator its Roles in each watched namespace.
+k create namespace "$NAMESPACE" --dry-run=client -o yaml | k apply -f - >/dev/null
+
 say "Installing the operator chart (release $RELEASE in $SYSTEM_NAMESPACE)"
 hack/chart-sync.sh >/dev/null
 "$HELM" upgrade --install "$RELEASE" charts/codingjob-operator \
@@ -80,8 +83,6 @@ hack/chart-sync.sh >/dev/null
   --set gateway.enabled=true \
   --set gateway.defaultNamespace="$NAMESPACE" \
   --wait --timeout 5m
-
-k create namespace "$NAMESPACE" --dry-run=client -o yaml | k apply -f - >/dev/null
 
 # A finished job from an earlier run would only report its old result: start afresh.
 k -n "$NAMESPACE" delete codingjob "$JOB" --ignore-not-found --wait=true >/dev/null
