@@ -100,7 +100,7 @@ def test_context_length_exceeded_prunes_harder_and_retries(
     assert all(r["status"] == 200 for r in model.requests())
     events = Journal(tmp_path / JOURNAL_PATH).load()
     assert any(e["op"] in ("mask", "drop") for e in events)
-    with urllib.request.urlopen(f"{relay.base_url[:-3]}/metrics", timeout=10) as r:
+    with urllib.request.urlopen(relay.metrics_url, timeout=10) as r:
         assert 'reason="context_window"' in r.read().decode()
 
 
