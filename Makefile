@@ -65,14 +65,23 @@ test-unit: venv ## Unit tests: no network, no cluster.
 test-integration: venv cluster-up images ## Integration tests on the local cluster, MinIO and the images.
 	$(PYTEST) --durations=15 tests/integration
 
-.PHONY: e2e
-e2e: venv cluster-up images ## End-to-end: the chart on the cluster, a CodingJob from apply to ZIP.
-	$(PYTEST) --durations=15 tests/e2e
+#: Processes for the e2e tests: they mostly wait on pods, so more than the cores pay off.
+E2E_WORKERS ?= 4
+# The chart is installed once per pytest session, before the first test (--shared-release). The
+# e2e tests run in parallel (--dist loadgroup keeps a module with module fixtures on one worker);
+# then, alone on the same install (KEEP, then REUSE), the disruptive ones: the failover test and,
+# in `make test`, the fault campaign. Both sessions run even when the first fails.
+E2E_PARALLEL = CODINGJOB_E2E_KEEP=1 $(PYTEST) --durations=15 --shared-release \
+	-n $(E2E_WORKERS) --dist loadgroup -m "not disruptive" tests/e2e
+E2E_ALONE = CODINGJOB_E2E_REUSE=1 $(PYTEST) --durations=15 --shared-release -m disruptive
 
-# In `make test`, one pytest session runs both: the chart is installed once (about a minute).
+.PHONY: e2e
+e2e: venv cluster-up images ## End-to-end: the chart on the cluster, CodingJobs from apply to ZIP (tests in parallel).
+	$(E2E_PARALLEL); status=$$?; $(E2E_ALONE) tests/e2e || status=1; exit $$status
+
 .PHONY: e2e-and-faults
 e2e-and-faults: venv cluster-up images ## The e2e suite, then the fault campaign, on one chart install.
-	$(PYTEST) --durations=15 tests/e2e tests/faults
+	$(E2E_PARALLEL); status=$$?; $(E2E_ALONE) tests/e2e tests/faults || status=1; exit $$status
 
 .PHONY: test-faults
 test-faults: venv cluster-up images ## Fault campaign: evictions, OOM, operator/sidecar kills, MinIO outage... on running jobs (table in artifacts/faults/).

@@ -174,7 +174,9 @@ def build_crd() -> dict[str, Any]:
                         },
                         {
                             "name": "URL-Expires",
-                            "type": "date",
+                            # Not "date": kubectl prints a date as its age, and a time still to
+                            # come as <invalid>; the timestamp itself says when to refresh.
+                            "type": "string",
                             "jsonPath": ".status.artifact.urlExpiresAt",
                             "priority": 1,
                         },

@@ -22,6 +22,7 @@ from codingjob_operator.kube import KubeError, NamespaceTerminating, default_kub
 from codingjob_operator.metrics import Metrics
 from codingjob_operator.models import GROUP, PLURAL, VERSION, OnDelete
 from codingjob_operator.reconciler import MAX_DELAY, Reconciler, RetryLater
+from codingjob_operator.scope import NamespaceScope
 from codingjob_operator.storage import (
     ArtifactStore,
     PermanentStorageError,
@@ -54,6 +55,13 @@ class Wakeups:
 
     def forget(self, namespace: str, job: str) -> None:
         self._events.pop((namespace, names.label_value(job)), None)
+
+
+def in_scope(*, namespace: str | None, memo: Any, **_: Any) -> bool:
+    """Whether this replica serves the object's namespace: always, unless the namespaces were
+    given as globs and the operator watches the whole cluster to filter them here (scope.py)."""
+    scope: NamespaceScope | None = getattr(memo, "scope", None)
+    return scope is None or scope.serves(namespace)
 
 
 @kopf.on.startup()
@@ -102,7 +110,7 @@ def shutdown(*, memo: Any, **_: Any) -> None:
         memo.executor.shutdown(wait=True, cancel_futures=True)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0, when=in_scope)
 async def supervise(
     *,
     namespace: str | None,
@@ -160,26 +168,28 @@ async def _sleep(wakeup: asyncio.Event | None, stopped: kopf.DaemonStopped, dela
             task.cancel()
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
+@kopf.on.event(GROUP, VERSION, PLURAL, when=in_scope)
 async def codingjob_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     """A spec change (suspend, resume) is acted on at once, not at the next timed pass."""
     memo.wakeups.wake(namespace, names.label_value(name))
 
 
-@kopf.on.event("v1", "pods", labels=CHILD_LABELS)
+@kopf.on.event("v1", "pods", labels=CHILD_LABELS, when=in_scope)
 async def pod_changed(*, namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     """The agent pod or an archiver pod changed: reconcile its CodingJob now (async: the
     wake-up events belong to the event loop and are not thread-safe)."""
     memo.wakeups.wake(namespace, labels.get(names.JOB_LABEL))
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS, when=in_scope)
 async def job_changed(*, namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     """The archiver Job changed: reconcile its CodingJob now."""
     memo.wakeups.wake(namespace, labels.get(names.JOB_LABEL))
 
 
-def _archives_on_delete(*, spec: kopf.Spec, memo: Any, **_: Any) -> bool:
+def _archives_on_delete(*, namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> bool:
+    if not in_scope(namespace=namespace, memo=memo):
+        return False
     reconciler: Reconciler = memo.reconciler
     storage = reconciler.config.storage
     on_delete = (spec.get("artifacts") or {}).get("onDelete", OnDelete.ARCHIVE.value)
@@ -232,7 +242,9 @@ async def archive_on_delete(
         await asyncio.sleep(ARCHIVE_ON_DELETE_POLL_SECONDS)
 
 
-def _deletes_objects(*, memo: Any, **_: Any) -> bool:
+def _deletes_objects(*, namespace: str | None, memo: Any, **_: Any) -> bool:
+    if not in_scope(namespace=namespace, memo=memo):
+        return False
     reconciler: Reconciler = memo.reconciler
     storage = reconciler.config.storage
     return storage is not None and storage.retention == "Delete"

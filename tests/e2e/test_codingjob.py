@@ -216,6 +216,7 @@ def test_happy_path(jobs: Jobs, minio_forward: int, kube_api: client.ApiClient) 
 
     wide = jobs.kubectl("get", "cjob", name, "-n", jobs.namespace, "-o", "wide").stdout
     assert "URL-EXPIRES" in wide.splitlines()[0]
+    assert done["artifact"]["urlExpiresAt"] in wide.splitlines()[1]
     assert str(done["artifact"]["size"]) in wide
     assert done["downloadURL"] not in wide  # the URL stays in status
     no_operator_errors(jobs, kube_api, started)

@@ -20,7 +20,8 @@ from kubernetes import client
 from tests.e2e.conftest import wait_for
 from tests.e2e.gateway import Tenant, tenant
 
-pytestmark = pytest.mark.e2e
+# One process runs the module: its tenants and seed job are module fixtures.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("gateway-api")]
 
 TODO_APP_FILES = {"todo-app/index.html", "todo-app/app.js", "todo-app/todo.js"}
 SEED_BODY = {"task": "Build me a todo app in React", "workspace": {"size": "1Gi"}}

@@ -110,6 +110,8 @@ def test_kubectl_wait_and_metrics(
     assert value(after, duration) > value(before, duration)
 
 
+# Kills the active replica: the other tests' counters (test_kubectl_wait_and_metrics) would reset.
+@pytest.mark.disruptive
 def test_failover_mid_run(jobs: Jobs, minio_forward: int, kube_api: client.ApiClient) -> None:
     """Killing the active replica while it creates a job's children: the standby takes over
     within 30 s, finishes the job, and no child is made twice."""

@@ -27,6 +27,9 @@ RELAY = f"{RELEASE}-codingjob-operator-model-relay"
 #: Not under the main e2e release's `t-*`: only this release's operator handles these jobs.
 PREFIX = "relay-e2e-"
 
+# One process runs the module: its release (a fixed name) is a module fixture.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("relay")]
+
 
 @pytest.fixture(scope="module")
 def provider_key(kube_api: client.ApiClient) -> Iterator[str]:

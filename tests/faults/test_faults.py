@@ -53,7 +53,7 @@ from tests.fixtures.release import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.disruptive]
 
 SCENARIO = "gated"
 #: Model calls of the gated scenario: a repeated or lost step shows as another count.
@@ -435,7 +435,10 @@ def case_evicted(run: Run, campaign: Campaign) -> None:
     final = run.finish()
     assert (final["phase"], final["reason"]) == ("Succeeded", "Completed"), final
     assert final.get("podFailures") == 1, final
-    assert "PodEvicted" in run.events(), run.events()
+    # PodEvicted when the operator saw the evicted pod; PodLost when it saw only its absence
+    # (another case of the campaign kills the active operator meanwhile). Both are the
+    # infrastructure's, retried without counting against the agent.
+    assert {"PodEvicted", "PodLost"} & set(run.events()), run.events()
     run.check_archive(campaign.minio)
 
 

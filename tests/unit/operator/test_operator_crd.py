@@ -89,6 +89,8 @@ def test_printer_columns() -> None:
     assert "URL" not in columns
     assert columns["Size"]["jsonPath"] == ".status.artifact.size"
     assert columns["URL-Expires"]["jsonPath"] == ".status.artifact.urlExpiresAt"
+    # A future time as "date" prints <invalid> (kubectl shows a date as an age).
+    assert columns["URL-Expires"]["type"] == "string"
     assert columns["Size"]["priority"] == columns["URL-Expires"]["priority"] == 1
     assert columns["Tokens"]["jsonPath"] == ".status.tokens.used"
     assert committed()["spec"]["names"]["shortNames"] == ["cjob"]
