@@ -11,10 +11,19 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    StreamingResponse,
+)
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.routing import Match
@@ -153,8 +162,12 @@ def create_app(settings: GatewaySettings, kube: KubeClient) -> FastAPI:
         "bearer token (`Authorization: Bearer <token>`); every request runs with that "
         "identity's RBAC rights. A job id is `NAMESPACE.NAME`.",
         lifespan=lifespan,
+        # /docs is served by add_api_docs from the image's own Swagger UI, not from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.gateway = gw
+    add_api_docs(app, settings.swagger_ui_dir)
 
     # --- errors, metrics, request log --------------------------------------------------------
 
@@ -532,3 +545,23 @@ class ObserveRequests:
                     "duration_ms": round(elapsed * 1000, 1),
                 },
             )
+
+
+def add_api_docs(app: FastAPI, assets: Path) -> None:
+    """``/docs``: Swagger UI from the image's own copy of swagger-ui-dist. Not FastAPI's default,
+    which loads it from a CDN: a third-party script on the origin of the console's session
+    cookie could act as the signed-in user, and an air-gapped cluster reaches no CDN."""
+    if not (assets / "swagger-ui-bundle.js").is_file():
+        log.warning("no Swagger UI in %s: no /docs (the API is described at /openapi.json)", assets)
+        return
+    app.mount("/docs/assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title}: API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )

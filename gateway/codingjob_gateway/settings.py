@@ -27,6 +27,8 @@ class GatewaySettings(BaseSettings):
     sse_heartbeat_seconds: float = Field(15.0, gt=0)
     #: noVNC's ES modules (core/, vendor/) for the console's live desktop; the image ships them.
     novnc_dir: Path = Path("/opt/codingjob/novnc")
+    #: Swagger UI's files (swagger-ui-dist) for /docs; the image ships them.
+    swagger_ui_dir: Path = Path("/opt/codingjob/swagger-ui")
     #: kubeconfig to use outside a pod; empty: in-cluster, else $KUBECONFIG.
     kubeconfig: str | None = None
     log_format: Literal["text", "json"] = "text"

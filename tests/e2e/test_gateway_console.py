@@ -148,3 +148,25 @@ def test_console_live_desktop_and_download(
             assert {"todo-app/index.html", "todo-app/app.js", "todo-app/todo.js"} <= names
         finally:
             browser.close()
+
+
+def test_api_docs_render_from_the_gateways_own_files(gateway_url: str) -> None:
+    """/docs renders the API in Chromium while every request the page makes stays on the
+    gateway: Swagger UI comes from the image, not from a CDN."""
+    from playwright.sync_api import expect, sync_playwright
+
+    requested: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(f"{gateway_url}/docs")
+            # An operation of the API, rendered by Swagger UI from /openapi.json.
+            expect(page.locator(".opblock-summary-path", has_text="/submit").first).to_be_visible(
+                timeout=30_000
+            )
+        finally:
+            browser.close()
+    assert f"{gateway_url}/docs/assets/swagger-ui-bundle.js" in requested
+    assert [url for url in requested if not url.startswith((gateway_url, "data:"))] == []
