@@ -77,11 +77,11 @@ E2E_ALONE = CODINGJOB_E2E_REUSE=1 $(PYTEST) --durations=15 --shared-release -m d
 
 .PHONY: e2e
 e2e: venv cluster-up images ## End-to-end: the chart on the cluster, CodingJobs from apply to ZIP (tests in parallel).
-	$(E2E_PARALLEL); status=$$?; $(E2E_ALONE) tests/e2e || status=1; exit $$status
+	status=0; $(E2E_PARALLEL) || status=1; $(E2E_ALONE) tests/e2e || status=1; exit $$status
 
 .PHONY: e2e-and-faults
 e2e-and-faults: venv cluster-up images ## The e2e suite, then the fault campaign, on one chart install.
-	$(E2E_PARALLEL); status=$$?; $(E2E_ALONE) tests/e2e tests/faults || status=1; exit $$status
+	status=0; $(E2E_PARALLEL) || status=1; $(E2E_ALONE) tests/e2e tests/faults || status=1; exit $$status
 
 .PHONY: test-faults
 test-faults: venv cluster-up images ## Fault campaign: evictions, OOM, operator/sidecar kills, MinIO outage... on running jobs (table in artifacts/faults/).

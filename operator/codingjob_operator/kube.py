@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -73,6 +74,10 @@ def _terminating(body: str) -> bool:
 def _wrap(func: Callable[[], T]) -> T:
     try:
         return func()
+    except urllib3.exceptions.HTTPError as error:
+        # No answer at all (a read timeout, a dropped connection): transient, like a 5xx. A pod
+        # proxy call to a sandbox that is going away ends this way, and must not crash a pass.
+        raise KubeError(0, f"no answer from the API server: {error}") from error
     except ApiException as error:
         message = error.body if isinstance(error.body, str) and error.body else str(error.reason)
         if error.status == 422:

@@ -368,14 +368,15 @@ def test_deleting_the_namespace_of_a_running_job_finishes(jobs: Jobs) -> None:
 def test_delete_with_on_delete_discard_removes_everything_at_once(
     jobs: Jobs, kube_api: client.ApiClient
 ) -> None:
-    """`artifacts.onDelete: Discard`: deleting a running job removes every child within 30 s."""
+    """`artifacts.onDelete: Discard`: deleting a running job removes every child at once: no
+    archive is waited for, only the agent pod's 30-s grace period (plus 30 s for a busy node)."""
     name = "discarded"
     jobs.apply(jobs.manifest(name, "never-finish", artifacts={"onDelete": "Discard"}))
     jobs.wait_phase(name, {"Running"}, timeout=180)
     started = time.monotonic()
     jobs.kubectl("delete", "cjob", name, "-n", jobs.namespace, "--wait=false")
-    wait_for("all children gone", lambda: not any(jobs.children(name).values()), 30, interval=0.5)
-    assert time.monotonic() - started <= 30
+    wait_for("all children gone", lambda: not any(jobs.children(name).values()), 60, interval=0.5)
+    assert time.monotonic() - started <= 60
     no_operator_errors(jobs, kube_api, started)
 
 

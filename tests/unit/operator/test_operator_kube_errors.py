@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import urllib3
 from codingjob_operator.kube import InvalidObject, KubeError, NamespaceTerminating, _wrap
 from kubernetes.client.exceptions import ApiException
 
@@ -65,3 +66,13 @@ def test_other_403s_stay_plain_kube_errors(body: object) -> None:
 def test_422_is_an_invalid_object() -> None:
     with pytest.raises(InvalidObject):
         _wrap(lambda: raise_(failing(422, {"message": "spec.x: Invalid value"})))
+
+
+def test_no_answer_at_all_is_a_transient_kube_error() -> None:
+    """A read timeout (the pod proxy to a sandbox going away) is retried, not a crash."""
+    timeout = urllib3.exceptions.ReadTimeoutError(None, "/api/v1/x", "Read timed out.")  # type: ignore[arg-type]
+    with pytest.raises(KubeError) as raised:
+        _wrap(lambda: raise_(timeout))
+    assert raised.value.status == 0 and "Read timed out" in str(raised.value)
+    with pytest.raises(KubeError):
+        _wrap(lambda: raise_(urllib3.exceptions.ProtocolError("Connection aborted.")))
