@@ -253,7 +253,41 @@ def scenarios() -> dict[str, Any]:
         ],
         "afterLastTurn": "error",
     }
+    probe = (HERE / "adversary" / "adversary_probe.py").read_text()
+    adversary = {
+        "description": "Scripted test model (a fixture): the adversary. Writes a probe script "
+        "and runs it: network probes against the test cluster's own addresses (named in the "
+        "task), secrets, the sidecar's journal and limits; then drives the sidecar past "
+        "maxSteps itself, forges its result and termination message, fills the writable paths "
+        "past the ephemeral-storage limit and kills the agent. tests/e2e/test_adversary.py reads "
+        "the reports and checks the job's status against the real counts.",
+        "turns": [
+            turn(
+                "Writing the probes.",
+                call("create", path="adversary_probe.py", file_text=probe),
+            ),
+            turn(
+                None,
+                call("bash", command="python3 adversary_probe.py run", timeout=900),
+                expect=["Created"],
+            ),
+            turn(
+                None,
+                call(
+                    "bash",
+                    # $PPID is the agent: the probe kills it once its lies are in place.
+                    command="python3 adversary_probe.py final --agent-pid $PPID",
+                    timeout=900,
+                ),
+                expect=["adversary:"],
+            ),
+            # The steps the probe takes itself (past maxSteps) get this answer.
+            turn("Hijacked step.", call("bash", command="echo hijacked")),
+        ],
+        "afterLastTurn": "repeat-last",
+    }
     return {
+        "adversary": adversary,
         "gated": gated,
         "todo-app": todo,
         "fail": fail,

@@ -345,6 +345,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         log.error("unexpected request for %s (turn %s): %s", body["model"], entry.get("turn"), exc)
         return _error(400, f"unexpected request: {exc}", "unexpected_request")
     completion_tokens = state.counter.message(message)
+    # With the prompt tokens, what a caller (sidecar, relay) must have counted for this answer.
+    entry["completionTokens"] = completion_tokens
     usage = {
         "prompt_tokens": entry["tokens"],
         "completion_tokens": completion_tokens,

@@ -14,8 +14,16 @@ from codingjob_agent.agent.tools import TOOL_NAMES
 from codingjob_agent.scripted_model.scenario import PACKAGED_SCENARIOS, load_scenario
 
 SOURCES = Path(__file__).resolve().parents[3] / "agent-image" / "scenario_sources"
-OURS = ["todo-app", "fail", "never-finish", "ignore-deadline", "resume", "edit-errors"]
-NEVER_FINISHING = {"never-finish", "ignore-deadline"}
+OURS = [
+    "todo-app",
+    "fail",
+    "never-finish",
+    "ignore-deadline",
+    "resume",
+    "edit-errors",
+    "adversary",
+]
+NEVER_FINISHING = {"never-finish", "ignore-deadline", "adversary"}
 
 
 def generator() -> ModuleType:
