@@ -742,10 +742,22 @@ def _lost(b: _Builder, detail: str, *, reason: str = c.POD_LOST) -> None:
     if obs.pod is not None:
         b.act(Action.DELETE_POD)
     if failures > obs.spec.backoff_limit:
-        message = (
+        message = _short(
             f"agent pod lost {failures} times (backoffLimit {obs.spec.backoff_limit}): {detail}"
         )
-        _fail_semantic(b, c.BACKOFF_LIMIT_EXCEEDED, _short(message))
+        if not (obs.status.get("startTime") or b.decision.patch.get("startTime")):
+            _fail_semantic(b, c.BACKOFF_LIMIT_EXCEEDED, message)
+            return
+        b.condition(c.READY, False, reason, message)
+        if not obs.spec.artifacts.upload_on_failure:
+            b.condition(c.ARCHIVED, False, c.NOT_REQUESTED, "artifacts.uploadOnFailure is false")
+            b.finish(False, c.BACKOFF_LIMIT_EXCEEDED, message)
+            return
+        # The agent worked in the workspace before its pods were lost (evicted, say, for filling
+        # its disk): that work is archived like any failed agent's, not dropped with the pod.
+        b.set(outcome=Phase.FAILED.value, reason=c.BACKOFF_LIMIT_EXCEEDED, message=message)
+        b.move(Phase.ARCHIVING, c.BACKOFF_LIMIT_EXCEEDED, message, warn=True)
+        b.condition(c.ARCHIVED, False, c.ARCHIVING, "waiting for the agent pod to go")
         return
     b.event("Warning", reason, _short(f"recreating the agent pod: {detail}"))
     b.move(Phase.PENDING, reason, _short(detail), warn=True)

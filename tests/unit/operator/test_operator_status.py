@@ -1012,6 +1012,21 @@ def test_eviction_past_the_backoff_limit_says_eviction() -> None:
     assert "Evicted: The node was low on memory." in decision.patch["message"]
 
 
+def test_an_agent_that_ran_and_was_lost_past_the_backoff_limit_is_archived() -> None:
+    pod = ended_pod(137, None, reason="Evicted", message="ephemeral local storage")
+    before = {"phase": "Running", "startTime": "2026-01-01T11:00:00Z", "podFailures": 2}
+    decision = derive_status(observe(before, pod=pod))
+    assert decision.patch["phase"] == "Archiving"
+    assert (decision.patch["outcome"], decision.patch["reason"]) == (
+        "Failed",
+        c.BACKOFF_LIMIT_EXCEEDED,
+    )
+    assert decision.actions == [Action.DELETE_POD]
+    archived = c.find_condition(decision.patch["conditions"], c.ARCHIVED)
+    assert archived is not None and archived["reason"] == c.ARCHIVING
+    assert "completionTime" not in decision.patch  # the archive ends the job
+
+
 def test_exit_0_without_result_names_a_broken_sidecar() -> None:
     pod = PodView(
         phase="Succeeded",

@@ -491,8 +491,58 @@ def test_a_lost_pod_is_recreated_until_the_backoff_limit(make: Make) -> None:
         w.kube, NS, CHILD.pod, phase="Failed", reason="Evicted", agent=container_running("agent")
     )
     w.run()
-    assert (w.status["phase"], w.status["reason"]) == ("Failed", c.BACKOFF_LIMIT_EXCEEDED)
+    assert (w.status["phase"], w.status["reason"]) == ("Archiving", c.BACKOFF_LIMIT_EXCEEDED)
     assert w.status["message"].startswith("agent pod lost 2 times (backoffLimit 1)")
+
+
+def test_an_eviction_past_the_backoff_limit_still_archives_the_workspace(make: Make) -> None:
+    # The kubelet evicts a pod that filled its ephemeral storage; with backoffLimit 0 that ends
+    # the job, and what the agent left in its workspace is archived like any failed agent's.
+    w = make({"task": "t", "model": MODEL, "backoffLimit": 0})
+    start(w)
+    set_pod_status(
+        w.kube,
+        NS,
+        CHILD.pod,
+        phase="Failed",
+        reason="Evicted",
+        message="Pod ephemeral local storage usage exceeds the total limit of containers 320Mi.",
+        agent=container_terminated("agent", 137),
+    )
+    w.run()
+    assert w.status["phase"] == "Archiving"
+    assert (w.status["outcome"], w.status["reason"]) == ("Failed", c.BACKOFF_LIMIT_EXCEEDED)
+    assert "Evicted: Pod ephemeral local storage" in w.status["message"]
+    assert w.condition(c.READY) == ("False", c.POD_EVICTED)
+    assert w.condition(c.ARCHIVED) == ("False", c.ARCHIVING)
+    assert w.kube.get("Pod", NS, CHILD.pod) is None  # never recreated
+    w.run()
+    assert w.kube.get("Job", NS, CHILD.archive_job) is not None
+    stored(w)
+    archiver_done(w, report(w))
+    w.run()
+    assert (w.status["phase"], w.status["reason"]) == ("Failed", c.BACKOFF_LIMIT_EXCEEDED)
+    assert w.condition(c.ARCHIVED) == ("True", c.ARCHIVE_CONFIRMED)
+    assert w.status["downloadURL"]
+    assert len([x for x in w.kube.calls_of("create") if x[1] == "Pod"]) == 1
+
+
+def test_pods_lost_past_the_backoff_limit_without_upload_on_failure_keep_the_workspace(
+    make: Make,
+) -> None:
+    w = make(
+        {"task": "t", "model": MODEL, "backoffLimit": 0, "artifacts": {"uploadOnFailure": False}}
+    )
+    start(w)
+    set_pod_status(
+        w.kube, NS, CHILD.pod, phase="Failed", reason="Evicted", agent=container_running("agent")
+    )
+    w.run()
+    assert (w.status["phase"], w.status["reason"]) == ("Failed", c.BACKOFF_LIMIT_EXCEEDED)
+    assert w.condition(c.ARCHIVED) == ("False", c.NOT_REQUESTED)
+    w.run()
+    assert w.kube.get("PersistentVolumeClaim", NS, CHILD.workspace) is not None
+    assert w.kube.get("Job", NS, CHILD.archive_job) is None
 
 
 def test_a_kubelet_eviction_that_killed_the_agent_is_retried_not_failed(make: Make) -> None:
