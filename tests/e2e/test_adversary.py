@@ -52,8 +52,6 @@ GROUP, VERSION, PLURAL = "codingjob.dev", "v1alpha1", "codingjobs"
 SYSTEM = "codingjob-adversary-e2e-system"
 RELEASE = "codingjob-adversary-e2e"
 PREFIX = "adversary-e2e-"
-# The chart names the relay after its full name (release + chart).
-RELAY_SERVICE = f"{RELEASE}-codingjob-operator-model-relay"
 CLASS = "adversary-e2e"
 MAX_STEPS = 8
 #: The agent's ephemeral-storage limit: small, so that filling past it is quick and bounded.
@@ -340,7 +338,7 @@ def targets(
         for a in core.read_node(neighbour.spec.node_name).status.addresses
         if a.type == "InternalIP"
     )
-    relay = core.read_namespaced_service(RELAY_SERVICE, system)
+    relay = core.list_namespaced_service(system, label_selector=component("model-relay")).items[0]
     model = core.list_namespaced_service(system, label_selector=component("scripted-model")).items
     minio = core.list_namespaced_service(system, label_selector=component("minio")).items
     nb_name = neighbour_job["metadata"]["name"]
@@ -438,6 +436,29 @@ def namespaces(release: Release, kube_api: client.ApiClient) -> Iterator[tuple[s
         for name in names:
             core.delete_namespace(name, propagation_policy="Background")
         kubectl("delete", "codingjobclass", CLASS, "--ignore-not-found", "--wait=false")
+
+
+def save_report(records: list[dict[str, Any]], line: str) -> None:
+    """The CI artifacts: every record as JSON, and the table (probe, expected, observed)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "adversary-report.json").write_text(json.dumps(records, indent=2) + "\n")
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")[:300]
+
+    rows = [
+        f"| `{r['probe']}` | {r['kind']} | {cell(r['expected'])} | {cell(r['observed'])} | "
+        f"{'ok' if r['ok'] else 'SUCCEEDED' if r['kind'] == 'attack' else 'FAILED'} |"
+        for r in records
+    ]
+    table = [
+        f"# {line}",
+        "",
+        "| probe | kind | expected | observed | verdict |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
+    (ARTIFACTS / "adversary-report.md").write_text("\n".join(table) + "\n")
 
 
 def archived_reports(core: client.CoreV1Api, release: Release, url: str) -> dict[str, Any]:
@@ -637,18 +658,18 @@ def test_the_adversary_gets_nothing(
         )
     )
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "adversary-report.json").write_text(json.dumps(records, indent=2) + "\n")
     attacks = [r for r in records if r["kind"] == "attack"]
     succeeded = [r for r in attacks if not r["ok"]]
     controls = [r for r in records if r["kind"] == "control" and not r["ok"]]
-    for r in records:
-        mark = "ok" if r["ok"] else "SUCCEEDED" if r["kind"] == "attack" else "CONTROL FAILED"
-        print(f"{mark:14} {r['probe']:45} {r['observed'][:160]}")
-    print(
+    line = (
         f"adversary: {len(attacks)} probes, {len(succeeded)} succeeded "
         f"({time.monotonic() - started:.0f} s)"
     )
+    save_report(records, line)
+    for r in records:
+        mark = "ok" if r["ok"] else "SUCCEEDED" if r["kind"] == "attack" else "CONTROL FAILED"
+        print(f"{mark:14} {r['probe']:45} {r['observed'][:160]}")
+    print(line)
     assert len(attacks) >= 30, f"only {len(attacks)} probes ran"
     assert not controls, f"what the sandbox must reach was not reachable: {controls}"
     assert not succeeded, "\n".join(

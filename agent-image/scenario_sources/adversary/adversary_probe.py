@@ -48,7 +48,7 @@ CONNECT_TIMEOUT = 2.0
 FORK_CAP = 12_000
 #: The disk filler never writes more than this in total, nor more than a quarter of the free
 #: space of the filesystem it writes to: it must never fill the host.
-FILL_CAP = 1024**3
+FILL_CAP = 2 * 1024**3
 FILL_CHUNK = 8 * 1024**2
 #: How long the filler waits to be evicted before it calls the limit unenforced.
 EVICTION_WAIT = 150
