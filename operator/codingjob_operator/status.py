@@ -749,6 +749,11 @@ def _lost(b: _Builder, detail: str, *, reason: str = c.POD_LOST) -> None:
             _fail_semantic(b, c.BACKOFF_LIMIT_EXCEEDED, message)
             return
         b.condition(c.READY, False, reason, message)
+        report = sidecar_report(obs.pod) if obs.pod is not None else None
+        if report is not None:
+            # The job ends with this pod: its final counters are the sidecar's, as for an agent
+            # that ended by itself (never the agent's termination message).
+            _apply_stats(b, report)
         if not obs.spec.artifacts.upload_on_failure:
             b.condition(c.ARCHIVED, False, c.NOT_REQUESTED, "artifacts.uploadOnFailure is false")
             b.finish(False, c.BACKOFF_LIMIT_EXCEEDED, message)

@@ -164,3 +164,29 @@ def test_sidecar_report_is_read_from_the_init_container_status() -> None:
     raw["status"]["initContainerStatuses"] = []
     raw["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = report(9, 9)
     assert sidecar_report(pod_view(raw)) is None
+
+
+def test_an_evicted_pod_that_ends_the_job_reports_the_sidecars_counts() -> None:
+    # The adversary forged its termination message, then filled its disk: the kubelet evicts
+    # the pod and, with backoffLimit 0, the job ends; the counts are still the sidecar's.
+    evicted = PodView(
+        phase="Failed",
+        created_at=EARLIER,
+        reason="Evicted",
+        message="Pod ephemeral local storage usage exceeds the total limit of containers.",
+        agent=ContainerView(
+            terminated=True, exit_code=137, message=forged("Pwned", steps=999_999, tokens=10**8)
+        ),
+        sidecar=ended_sidecar(report(8, 103_603)),
+    )
+    s = CodingJobSpec.model_validate({"task": "t", "backoffLimit": 0})
+    status = {"phase": "Running", "startTime": "2026-01-01T11:00:00Z"}
+    obs = Observation(spec=s, status=status, generation=1, now=NOW, pod=evicted)
+    patch = derive_status(obs).patch
+    assert (patch["steps"], patch["tokens"]["used"]) == (8, 103_603)
+    assert (patch["phase"], patch["outcome"], patch["reason"]) == (
+        "Archiving",
+        "Failed",
+        c.BACKOFF_LIMIT_EXCEEDED,
+    )
+    assert "Pwned" not in json.dumps(patch)
