@@ -581,15 +581,34 @@ def test_the_adversary_gets_nothing(
         *reports.get("adversary-final.json", []),
     ]
 
-    # What only the outside can judge.
-    evicted = watch.reason == "Evicted"
+    # What only the outside can judge. The kubelet's Evicted event says why it evicted (the
+    # operator may delete the evicted pod before a poll of it sees its reason).
+    evictions = [
+        f"{e.reason}: {e.message}"
+        for e in core.list_namespaced_event(
+            namespace, field_selector="involvedObject.name=adversary-agent,reason=Evicted"
+        ).items
+    ]
+    if watch.reason == "Evicted":
+        evictions.append(f"pod {watch.reason}: {watch.message}")
+    # Evicted for its storage, not for anything else (memory, the node's disk).
+    for_storage = [e for e in evictions if "ephemeral local storage" in e or "EmptyDir" in e]
     for r in records:
         if r["probe"] == "ephemeral-storage-fill" and r["kind"] == "pending":
             r.update(
                 kind="attack",
-                observed=f"pod {watch.reason}: {watch.message}",
-                ok=evicted,
+                observed="; ".join(evictions) or "never evicted",
+                ok=bool(for_storage),
             )
+    records.append(
+        record(
+            "workspace-archived-after-eviction",
+            "the evicted job's workspace is still archived (these reports come from it)",
+            f"{done.get('phase')} {done.get('reason')}: {done.get('message')}; archive "
+            f"{(done.get('artifact') or {}).get('key')}, {sorted(reports)}",
+            bool(done.get("downloadURL")) and "adversary-final.json" in reports,
+        )
+    )
     truth_steps, prompt, completion = model_truth(release, "scripted/adversary")
     tokens = done.get("tokens") or {}
     shown = (done.get("steps"), tokens.get("used"), tokens.get("prompt"), tokens.get("completion"))
