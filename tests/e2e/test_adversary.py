@@ -282,7 +282,11 @@ class PodWatch:
                     *(pod.status.init_container_statuses or []),
                     *(pod.status.container_statuses or []),
                 ]:
-                    if status.name == "context-manager":
+                    # Only while the pod lives: tearing down an evicted pod, the kubelet marks
+                    # the sidecar restarted (ContainerStatusUnknown, 137), which no attack did.
+                    alive = pod.status.phase == "Running" and not pod.status.reason
+                    alive = alive and not pod.metadata.deletion_timestamp
+                    if status.name == "context-manager" and alive:
                         if status.restart_count > self.sidecar_restarts:
                             last = status.last_state.terminated if status.last_state else None
                             self.sidecar_last = (
@@ -629,7 +633,8 @@ def test_the_adversary_gets_nothing(
     records.append(
         record(
             "sidecar-restarts",
-            "the context-manager never restarted (no flood, bomb or fill brought it down)",
+            "the context-manager never restarted while the pod ran (no flood, bomb or fill "
+            "brought it down)",
             f"{watch.sidecar_restarts} restarts; last: {watch.sidecar_last}",
             watch.sidecar_restarts == 0,
         )
