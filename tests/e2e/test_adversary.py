@@ -43,7 +43,8 @@ from kubernetes import client
 from tests.e2e.conftest import ARTIFACTS, REPO, free_port, helm, port_forward, wait_for
 from tests.fixtures.cluster import kubectl
 
-pytestmark = pytest.mark.e2e
+# One module, one release of its own: its test stays on one worker (--dist loadgroup).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("adversary")]
 
 GROUP, VERSION, PLURAL = "codingjob.dev", "v1alpha1", "codingjobs"
 #: A release of its own (the relay, MinIO, the scripted model, the cluster's networks in the
