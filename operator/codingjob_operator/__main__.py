@@ -15,7 +15,6 @@ import kopf
 
 from codingjob_operator import handlers  # noqa: F401  (registers the handlers)
 from codingjob_operator.logformat import JOB, LogFormat
-from codingjob_operator.scope import NamespaceScope
 
 log = logging.getLogger("codingjob.operator")
 
@@ -117,17 +116,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         identity = os.environ.get("POD_ID") or socket.gethostname()
         priority = seniority_priority(time.time(), identity)
         log.info("peering %s with priority %d", options.peering, priority)
-    # Globs: the whole cluster is watched and the handlers filter (why: scope.py).
-    scope = NamespaceScope.of_globs(options.namespaces)
     kopf.run(
         # Without --peering: one replica, no peering CRDs needed.
         standalone=options.peering is None,
         peering_name=options.peering,
         priority=priority,
-        clusterwide=not options.namespaces or scope is not None,
-        namespaces=() if scope is not None else options.namespaces,
+        clusterwide=not options.namespaces,
+        namespaces=options.namespaces,
         liveness_endpoint=options.liveness,
-        memo=kopf.Memo(scope=scope),
     )
 
 

@@ -22,7 +22,6 @@ from codingjob_operator.kube import KubeError, NamespaceTerminating, default_kub
 from codingjob_operator.metrics import Metrics
 from codingjob_operator.models import GROUP, PLURAL, VERSION, OnDelete
 from codingjob_operator.reconciler import MAX_DELAY, Reconciler, RetryLater
-from codingjob_operator.scope import NamespaceScope
 from codingjob_operator.storage import (
     ArtifactStore,
     PermanentStorageError,
@@ -55,13 +54,6 @@ class Wakeups:
 
     def forget(self, namespace: str, job: str) -> None:
         self._events.pop((namespace, names.label_value(job)), None)
-
-
-def in_scope(*, namespace: str | None, memo: Any, **_: Any) -> bool:
-    """Whether this replica serves the object's namespace: always, unless the namespaces were
-    given as globs and the operator watches the whole cluster to filter them here (scope.py)."""
-    scope: NamespaceScope | None = getattr(memo, "scope", None)
-    return scope is None or scope.serves(namespace)
 
 
 @kopf.on.startup()
@@ -110,7 +102,7 @@ def shutdown(*, memo: Any, **_: Any) -> None:
         memo.executor.shutdown(wait=True, cancel_futures=True)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0, when=in_scope)
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
 async def supervise(
     *,
     namespace: str | None,
@@ -168,28 +160,26 @@ async def _sleep(wakeup: asyncio.Event | None, stopped: kopf.DaemonStopped, dela
             task.cancel()
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL, when=in_scope)
+@kopf.on.event(GROUP, VERSION, PLURAL)
 async def codingjob_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     """A spec change (suspend, resume) is acted on at once, not at the next timed pass."""
     memo.wakeups.wake(namespace, names.label_value(name))
 
 
-@kopf.on.event("v1", "pods", labels=CHILD_LABELS, when=in_scope)
+@kopf.on.event("v1", "pods", labels=CHILD_LABELS)
 async def pod_changed(*, namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     """The agent pod or an archiver pod changed: reconcile its CodingJob now (async: the
     wake-up events belong to the event loop and are not thread-safe)."""
     memo.wakeups.wake(namespace, labels.get(names.JOB_LABEL))
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS, when=in_scope)
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
 async def job_changed(*, namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     """The archiver Job changed: reconcile its CodingJob now."""
     memo.wakeups.wake(namespace, labels.get(names.JOB_LABEL))
 
 
-def _archives_on_delete(*, namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> bool:
-    if not in_scope(namespace=namespace, memo=memo):
-        return False
+def _archives_on_delete(*, spec: kopf.Spec, memo: Any, **_: Any) -> bool:
     reconciler: Reconciler = memo.reconciler
     storage = reconciler.config.storage
     on_delete = (spec.get("artifacts") or {}).get("onDelete", OnDelete.ARCHIVE.value)
@@ -242,9 +232,7 @@ async def archive_on_delete(
         await asyncio.sleep(ARCHIVE_ON_DELETE_POLL_SECONDS)
 
 
-def _deletes_objects(*, namespace: str | None, memo: Any, **_: Any) -> bool:
-    if not in_scope(namespace=namespace, memo=memo):
-        return False
+def _deletes_objects(*, memo: Any, **_: Any) -> bool:
     reconciler: Reconciler = memo.reconciler
     storage = reconciler.config.storage
     return storage is not None and storage.retention == "Delete"

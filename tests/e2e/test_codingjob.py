@@ -347,24 +347,6 @@ def test_delete_while_running_archives_first(
     no_operator_errors(jobs, kube_api, started)
 
 
-def test_deleting_the_namespace_of_a_running_job_finishes(jobs: Jobs) -> None:
-    """`kubectl delete namespace` with a running job in it ends: the operator (which watches
-    `t-*`, a glob) still sees the job deleted and lets it go. kopf's own glob watching stopped
-    watching a namespace being deleted, and the namespace hung Terminating for good."""
-    jobs.apply(jobs.manifest("doomed", "never-finish"))
-    jobs.wait_phase("doomed", {"Running"}, 180)
-    jobs.core.delete_namespace(jobs.namespace)
-
-    def gone() -> bool:
-        try:
-            jobs.core.read_namespace(jobs.namespace)
-        except client.ApiException as error:
-            return error.status == 404
-        return False
-
-    wait_for(f"namespace {jobs.namespace} to be gone", gone, 150, interval=2)
-
-
 def test_delete_with_on_delete_discard_removes_everything_at_once(
     jobs: Jobs, kube_api: client.ApiClient
 ) -> None:

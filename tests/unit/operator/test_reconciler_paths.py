@@ -890,7 +890,7 @@ def test_retention_delete_removes_exactly_the_jobs_objects() -> None:
     for key in (f"{prefix}workspace.zip", f"{prefix}context.txt", f"{NS}/{NAME}/u2/workspace.zip"):
         store.objects[key] = ObjectInfo(key=key, size=1, sha256=None, files=None)
     memo = _memo(store, "Delete")
-    assert handlers._deletes_objects(namespace="team-a", memo=memo) is True
+    assert handlers._deletes_objects(memo=memo) is True
     handlers.delete_archive(
         namespace=NS, name=NAME, uid="u1", memo=memo, logger=logging.getLogger("t")
     )
@@ -898,10 +898,7 @@ def test_retention_delete_removes_exactly_the_jobs_objects() -> None:
 
 
 def test_retention_retain_keeps_the_objects() -> None:
-    assert (
-        handlers._deletes_objects(namespace="team-a", memo=_memo(FakeStore(FakeClock()), "Retain"))
-        is False
-    )
+    assert handlers._deletes_objects(memo=_memo(FakeStore(FakeClock()), "Retain")) is False
 
 
 def test_retention_delete_during_an_outage_retries_the_deletion() -> None:
