@@ -23,7 +23,6 @@ import contextlib
 import io
 import ipaddress
 import json
-import os
 import secrets
 import threading
 import time
