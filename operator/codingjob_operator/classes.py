@@ -381,6 +381,7 @@ def resolve(
         max_steps=max_steps,
         max_total_tokens=max_tokens,
         providers=list(model.providers),
+        model_retry_seconds=model.max_retry_seconds,
     )
 
 

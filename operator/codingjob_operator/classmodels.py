@@ -208,6 +208,15 @@ class ModelClassSpec(_Model):
         description="URL prefixes spec.model.baseURL must start with (at a path boundary). "
         "Empty: only the operator's default endpoint.",
     )
+    max_retry_seconds: int | None = Field(
+        None,
+        ge=60,
+        le=604800,
+        description="Longest time one agent step keeps retrying while the model is unavailable "
+        "(429, 5xx, timeouts, the relay's 503; the job shows ModelDegraded meanwhile). Unset: "
+        "until the job's deadline. A shorter cap ends the job ModelUnavailable sooner, so an "
+        "outage cannot hold a sandbox (and its resources) for the whole deadline.",
+    )
 
 
 class CodingJobClassSpec(_Model):

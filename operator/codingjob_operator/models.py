@@ -390,6 +390,9 @@ class ResolvedClass(_Model):
     max_steps: int | None = Field(None, description="Agent step budget.")
     max_total_tokens: int | None = Field(None, description="Token budget.")
     providers: list[str] = Field(default_factory=list, description="Allowed model providers.")
+    model_retry_seconds: int | None = Field(
+        None, description="Cap on one step's retries while the model is unavailable."
+    )
 
 
 class CodingJobStatus(_Model):

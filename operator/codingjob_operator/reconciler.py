@@ -632,6 +632,10 @@ class Reconciler:
     ) -> None:
         deadline = spec.limits.active_deadline_seconds
         retry_seconds = deadline or self.config.model_retry_seconds
+        if resolved is not None and resolved.model_retry_seconds:
+            # The class caps how long an outage may hold the sandbox: past it the step fails
+            # ModelUnavailable and the job ends (archived) instead of idling to its deadline.
+            retry_seconds = min(retry_seconds, resolved.model_retry_seconds)
         if self._uses_relay(spec):
             model = builders.ModelEndpoint(
                 base_url=self.config.relay_url or "",

@@ -103,6 +103,24 @@ def test_max_without_default_is_the_effective_value() -> None:
     assert isinstance(result, ResolvedClass) and result.max_steps == 50
 
 
+@pytest.mark.parametrize("seconds", [0, 59, 604801])
+def test_a_retry_cap_out_of_range_is_refused(seconds: int) -> None:
+    with pytest.raises(ValidationError, match="maxRetrySeconds"):
+        CodingJobClass.model_validate(
+            {"metadata": {"name": "x"}, "spec": {"model": {"maxRetrySeconds": seconds}}}
+        )
+
+
+def test_the_retry_cap_is_resolved_and_unset_means_none() -> None:
+    capped = CodingJobClass.model_validate(
+        {"metadata": {"name": "x"}, "spec": {"model": {"maxRetrySeconds": 900}}}
+    )
+    result = resolve({}, capped)
+    assert isinstance(result, ResolvedClass) and result.model_retry_seconds == 900
+    result = resolve({}, CodingJobClass.model_validate({"metadata": {"name": "x"}}))
+    assert isinstance(result, ResolvedClass) and result.model_retry_seconds is None
+
+
 def test_recorded_generation() -> None:
     cls = CodingJobClass.model_validate(
         {**table.class_manifest(), "metadata": {"name": table.CLASS_NAME, "generation": 7}}

@@ -130,6 +130,37 @@ def test_the_class_is_recorded_once_and_later_edits_do_not_change_the_job(make: 
     assert w.status["class"] == recorded
 
 
+def container_env(w: World, name: str) -> dict[str, str]:
+    pod = w.kube.objects[("Pod", NS, CHILD.pod)]
+    containers = [*pod["spec"]["containers"], *pod["spec"].get("initContainers", [])]
+    container = next(c for c in containers if c["name"] == name)
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+@pytest.mark.parametrize(
+    ("class_cap", "deadline", "expected"),
+    [
+        (None, 7200, "7200"),  # no cap: a step retries until the job's deadline
+        (600, 7200, "600"),  # the class's cap is shorter: it wins
+        (600, 300, "300"),  # the deadline is shorter: it still bounds the step
+    ],
+)
+def test_the_class_caps_how_long_a_step_retries_an_unavailable_model(
+    make: Make, class_cap: int | None, deadline: int, expected: str
+) -> None:
+    cls = copy.deepcopy(PERMISSIVE_CLASS)
+    if class_cap is not None:
+        cls["spec"]["model"]["maxRetrySeconds"] = class_cap
+    w = make({"task": "t", "model": MODEL, "limits": {"activeDeadlineSeconds": deadline}})
+    w.kube.classes = [cls]
+    w.run()
+    assert w.status["class"].get("modelRetrySeconds") == class_cap
+    assert container_env(w, "context-manager")["CODINGJOB_MODEL_RETRY_SECONDS"] == expected
+    # The agent waits for the sidecar's retries to end before it gives up on the step.
+    step_timeout = container_env(w, "agent")["CODINGJOB_STEP_TIMEOUT_SECONDS"]
+    assert int(step_timeout) > int(expected)
+
+
 def test_cleanup_runs_once(make: Make) -> None:
     w = make()
     to_succeeded(w)
