@@ -89,8 +89,8 @@ k -n "$NAMESPACE" delete codingjob "$JOB" --ignore-not-found --wait=true >/dev/n
 
 if $scripted; then
   say "No LLM_BASE_URL set: using the SCRIPTED DEMO MODEL (a test fixture replaying pre-written tool calls)"
-  sed "s/codingjob-system.svc/${SYSTEM_NAMESPACE}.svc/" crds/samples/todo-app.yaml |
-    k -n "$NAMESPACE" apply -f -
+  # No model settings in the sample: the relay's default provider, the scripted model.
+  k -n "$NAMESPACE" apply -f crds/samples/todo-app.yaml
 else
   say "Using the real model ${LLM_MODEL} at ${LLM_BASE_URL} through the model relay"
   "$PY" hack/demo_job.py job crds/samples/todo-app.yaml --namespace "$NAMESPACE" \

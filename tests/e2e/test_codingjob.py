@@ -20,6 +20,7 @@ from kubernetes.stream import stream
 from tests.e2e.conftest import ARTIFACTS, REPO, Jobs, operator_logs, port_forward, wait_for
 from tests.fixtures.cluster import watch_until
 from tests.fixtures.events import operator_errors
+from tests.fixtures.release import RELEASE
 from tests.fixtures.security import archiver_violations, sandbox_violations
 
 pytestmark = pytest.mark.e2e
@@ -146,10 +147,15 @@ def test_happy_path(jobs: Jobs, minio_forward: int, kube_api: client.ApiClient) 
     # The security promises, on the live pod as the API server stored it.
     live = kube_api.sanitize_for_serialization(pod)
     assert sandbox_violations(live["spec"]) == {}
-    env = {e["name"]: e.get("value") for e in live["spec"]["initContainers"][0]["env"]}
-    assert env["CODINGJOB_MODEL_NAME"] == "scripted-demo-model"
-    assert env["CODINGJOB_MODEL_BASE_URL"] == (
-        f"http://scripted-model.{jobs.system_namespace}.svc:8000/v1"
+    env = {e["name"]: e for e in live["spec"]["initContainers"][0]["env"]}
+    assert env["CODINGJOB_MODEL_NAME"]["value"] == "scripted-demo-model"
+    # The product default: the model through the relay (on by default), with a credential
+    # for this job only; the scripted model's address is the relay's business.
+    assert env["CODINGJOB_MODEL_BASE_URL"]["value"] == (
+        f"http://{RELEASE}-model-relay.{jobs.system_namespace}.svc:8080/v1"
+    )
+    assert env["CODINGJOB_MODEL_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == (
+        f"{name}-model-credential"
     )
 
     # Progress shows up in status (and so in `kubectl get codingjobs`) while the agent works.

@@ -231,12 +231,17 @@ The operator's rules on namespaced resources, one per purpose (README: Permissio
 {{- .Values.relay.existingSigningKeySecret | default (printf "%s-signing-key" (include "codingjob-operator.relay.fullname" .)) }}
 {{- end }}
 
-{{/* The relay's providers: the configured ones, or the scripted model when it is enabled. */}}
+{{/*
+The relay's providers: the configured ones, else the scripted model when it is enabled, else the
+operator's default endpoint (keyless: a key would be an author's, and those jobs bypass the relay).
+*/}}
 {{- define "codingjob-operator.relay.providers" -}}
 {{- if .Values.relay.providers }}
 {{- toYaml .Values.relay.providers }}
 {{- else if .Values.scriptedModel.enabled }}
 {{- toYaml (list (dict "name" "scripted" "baseURL" (include "codingjob-operator.scriptedModel.baseURL" .))) }}
+{{- else if .Values.defaultModel.baseURL }}
+{{- toYaml (list (dict "name" "default" "baseURL" .Values.defaultModel.baseURL)) }}
 {{- else }}
 {{- toYaml list }}
 {{- end }}

@@ -74,10 +74,13 @@ def test_every_pod_is_hardened(helm: Helm, values: tuple[Path, ...]) -> None:
             assert container["resources"]["limits"]["memory"], name
 
 
-def test_only_the_operator_gets_a_service_account_token(helm: Helm) -> None:
+def test_only_the_operator_and_the_relay_get_a_service_account_token(helm: Helm) -> None:
+    # The relay's token may only read CodingJobs (test_chart_relay.py), to refuse the
+    # credentials of jobs that ended.
     specs = pod_specs(helm.render(sets=["scriptedModel.enabled=true"]))
     assert {n: s["automountServiceAccountToken"] for n, s in specs.items()} == {
         "codingjob": True,
+        "codingjob-model-relay": True,
         "codingjob-minio": False,
         "codingjob-storage-setup": False,
         "scripted-model": False,
@@ -129,9 +132,19 @@ EXPECTED_RULES = {
 PEERING_RULE = {("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
 
 
-def rules_of(manifests: list[Manifest]) -> dict[tuple[str, str], set[str]]:
+def without_relay(manifests: list[Manifest]) -> list[Manifest]:
+    """The manifests but the model relay's (its signing-key Secret, journal PVC, Services)."""
+    return [
+        m
+        for m in manifests
+        if (m["metadata"].get("labels") or {}).get("app.kubernetes.io/component") != "model-relay"
+    ]
+
+
+def rules_of(manifests: list[Manifest], name: str = "codingjob") -> dict[tuple[str, str], set[str]]:
+    """The rules of the operator's ClusterRole (the relay and the gateway have their own)."""
     rules: dict[tuple[str, str], set[str]] = {}
-    for rule in find(manifests, "ClusterRole")["rules"]:
+    for rule in find(manifests, "ClusterRole", name)["rules"]:
         assert "resourceNames" not in rule
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
@@ -168,18 +181,23 @@ def test_every_rbac_rule_is_commented_with_its_purpose() -> None:
 
 def test_the_role_is_bound_to_the_operators_service_account(helm: Helm) -> None:
     manifests = helm.render([CI["namespaced-values"]])
-    binding = find(manifests, "ClusterRoleBinding")
-    assert binding["roleRef"]["name"] == find(manifests, "ClusterRole")["metadata"]["name"]
+    binding = find(manifests, "ClusterRoleBinding", "cj")
+    assert binding["roleRef"]["name"] == find(manifests, "ClusterRole", "cj")["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "codingjob-operator", "namespace": NAMESPACE}
     ]
-    assert "ServiceAccount" not in kinds(manifests)
+    assert [m["metadata"]["name"] for m in manifests if m["kind"] == "ServiceAccount"] == [
+        "cj-model-relay"
+    ]
     assert pod_specs(manifests)["cj"]["serviceAccountName"] == "codingjob-operator"
 
 
 def test_rbac_and_service_account_can_be_left_to_the_platform(helm: Helm) -> None:
     manifests = helm.render(sets=["rbac.create=false", "serviceAccount.create=false"])
-    assert not kinds(manifests) & {"ClusterRole", "ClusterRoleBinding", "ServiceAccount"}
+    assert not kinds(manifests) & {"ClusterRole", "ClusterRoleBinding"}
+    # Only the relay's own identity is left, which its Deployment names.
+    accounts = [m["metadata"]["name"] for m in manifests if m["kind"] == "ServiceAccount"]
+    assert accounts == ["codingjob-model-relay"]
 
 
 # --- operator settings ----------------------------------------------------------------------
@@ -270,6 +288,10 @@ def test_operator_settings_with_the_bundled_minio(helm: Helm) -> None:
         "CODINGJOB_ARCHIVE_DEADLINE_SECONDS": "3600",
         "CODINGJOB_ARCHIVE_MAX_ATTEMPTS": "3",
         "CODINGJOB_STATS_SOURCE_CIDRS": "[]",
+        # The relay is on by default; with no provider configured it names no default one.
+        "CODINGJOB_RELAY_URL": f"http://codingjob-model-relay.{NAMESPACE}.svc:8080/v1",
+        "CODINGJOB_RELAY_SIGNING_KEY_FILE": "/var/run/codingjob-relay/signing/signing-key",
+        "CODINGJOB_RELAY_CREDENTIAL_LIFETIME_SECONDS": "604800",
     }
     operator = pod_specs(manifests)["codingjob"]["containers"][0]
     env = env_of(operator)
@@ -303,7 +325,7 @@ def test_settings_roll_the_operator_pods(helm: Helm) -> None:
 
 def test_watch_namespaces(helm: Helm) -> None:
     manifests = helm.render([CI["namespaced-values"]])
-    data = find(manifests, "ConfigMap")["data"]
+    data = find(manifests, "ConfigMap", "cj")["data"]
     assert data["CODINGJOB_WATCH_NAMESPACE"] == "team-a,team-b"
     assert "CODINGJOB_WATCH_NAMESPACE" not in operator_config(helm.render())
 
@@ -371,7 +393,7 @@ def test_external_storage_turns_the_bundled_minio_off(helm: Helm) -> None:
         for m in manifests
         if m["kind"] != "CustomResourceDefinition"
     )
-    assert "Secret" not in kinds(manifests)
+    assert "Secret" not in kinds(without_relay(manifests))
     config = operator_config(manifests)
     assert config["CODINGJOB_STORAGE_ENDPOINT"] == "s3.eu-central-1.amazonaws.com:443"
     assert config["CODINGJOB_STORAGE_PUBLIC_ENDPOINT"] == "https://s3.eu-central-1.amazonaws.com"
@@ -391,9 +413,9 @@ def test_external_storage_turns_the_bundled_minio_off(helm: Helm) -> None:
 
 def test_no_storage_means_no_storage_settings(helm: Helm) -> None:
     manifests = helm.render([CI["no-storage-values"]])
-    assert not kinds(manifests) & {"Secret", "PersistentVolumeClaim"}
-    # The only Service left is the operator's metrics.
-    services = [m["metadata"]["name"] for m in manifests if m["kind"] == "Service"]
+    assert not kinds(without_relay(manifests)) & {"Secret", "PersistentVolumeClaim"}
+    # The only Service left beside the relay's is the operator's metrics.
+    services = [m["metadata"]["name"] for m in without_relay(manifests) if m["kind"] == "Service"]
     assert services == ["codingjob-metrics"]
     assert not [k for k in operator_config(manifests) if k.startswith("CODINGJOB_STORAGE_")]
     env = env_of(pod_specs(manifests)["codingjob"]["containers"][0])
@@ -402,7 +424,7 @@ def test_no_storage_means_no_storage_settings(helm: Helm) -> None:
 
 def test_minio_without_persistence_and_with_console(helm: Helm) -> None:
     manifests = helm.render([CI["namespaced-values"]])
-    assert "PersistentVolumeClaim" not in kinds(manifests)
+    assert "PersistentVolumeClaim" not in kinds(without_relay(manifests))
     spec = pod_specs(manifests)["cj-minio"]
     assert {v["name"]: v for v in spec["volumes"]}["data"] == {"name": "data", "emptyDir": {}}
     ports = find(manifests, "Service", "cj-minio")["spec"]["ports"]
@@ -568,6 +590,7 @@ def test_egress_floor_reaches_the_operator(helm: Helm) -> None:
             ]
         ),
         "ConfigMap",
+        "codingjob",
     )["data"]
     assert json.loads(config["CODINGJOB_DENIED_CIDRS"]) == ["10.96.0.0/12", "10.244.0.0/16"]
     assert json.loads(config["CODINGJOB_DNS_POD_LABELS"]) == {"k8s-app": "kube-dns"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,10 +27,30 @@ RELAY = "codingjob-model-relay"
 VALUES = CHART / "ci" / "relay-values.yaml"
 
 
-def test_relay_is_off_by_default(helm: Helm) -> None:
-    manifests = helm.render()
+def test_relay_is_on_by_default_and_serves_the_default_endpoint(helm: Helm) -> None:
+    manifests = helm.render(sets=["defaultModel.baseURL=http://vllm.models.svc:8000/v1"])
+    assert RELAY in pod_specs(manifests)
+    config = operator_config(manifests)
+    assert config["CODINGJOB_RELAY_URL"].startswith(f"http://{RELAY}.")
+    # The operator's default endpoint becomes the relay's keyless provider `default`.
+    assert config["CODINGJOB_RELAY_DEFAULT_PROVIDER"] == "default"
+    relay_config = next(
+        m for m in manifests if m["kind"] == "ConfigMap" and m["metadata"]["name"] == RELAY
+    )
+    assert "http://vllm.models.svc:8000/v1" in json.dumps(relay_config["data"])
+    assert "apiKeySecret" not in json.dumps(relay_config["data"])
+
+
+def test_relay_off_sends_jobs_to_their_endpoint_directly(helm: Helm) -> None:
+    manifests = helm.render(sets=["relay.enabled=false"])
     assert RELAY not in pod_specs(manifests)
     assert not any(k.startswith("CODINGJOB_RELAY_") for k in operator_config(manifests))
+
+
+def test_relay_without_any_provider_names_no_default(helm: Helm) -> None:
+    # Jobs then fail ModelNotConfigured with a reason, rather than calling an empty relay.
+    config = operator_config(helm.render())
+    assert "CODINGJOB_RELAY_DEFAULT_PROVIDER" not in config
 
 
 def test_relay_configuration_loads_and_keys_are_mounted_files(helm: Helm, tmp_path: Path) -> None:
