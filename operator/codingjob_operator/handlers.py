@@ -33,6 +33,8 @@ ANNOTATIONS_PREFIX = "codingjob.dev"
 CHILD_LABELS = {names.MANAGED_BY_LABEL: names.MANAGED_BY, names.NAME_LABEL: names.APP_NAME}
 RECONCILE_WORKERS = 16
 ERROR_BACKOFF = (5.0, 10.0, 30.0, 60.0, 120.0, MAX_DELAY)
+#: How often a job of a namespace being deleted is looked at until its own deletion comes.
+NAMESPACE_TERMINATING_DELAY = 30.0
 #: Archiving before a deletion may take the archive deadline plus this (stopping the agent).
 ARCHIVE_ON_DELETE_MARGIN_SECONDS = 300
 #: How often archiving before a deletion checks on the archiver.
@@ -129,6 +131,12 @@ async def supervise(
                     memo.executor, context.run, reconciler.reconcile, namespace, name
                 )
                 delay, failures = result.delay, 0
+            except NamespaceTerminating:
+                # The namespace controller deletes the pod before the CodingJob: the pod looks
+                # lost, and recreating it is refused. Not an error and nothing to retry soon;
+                # the job's own deletion (next) stops this daemon.
+                delay = NAMESPACE_TERMINATING_DELAY
+                logger.info("namespace being deleted: nothing new is created in it")
             except (RetryLater, KubeError, TransientStorageError) as error:
                 delay = ERROR_BACKOFF[min(failures, len(ERROR_BACKOFF) - 1)]
                 failures += 1

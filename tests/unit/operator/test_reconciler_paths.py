@@ -27,7 +27,14 @@ from codingjob_operator import handlers, names
 from codingjob_operator import reconciler as reconciler_module
 from codingjob_operator.config import OperatorConfig
 from codingjob_operator.kube import KubeError, NamespaceTerminating
-from codingjob_operator.reconciler import MAX_DELAY, URL_REFRESH_FRACTION, Reconciler, RetryLater
+from codingjob_operator.metrics import Metrics
+from codingjob_operator.reconciler import (
+    MAX_DELAY,
+    URL_REFRESH_FRACTION,
+    PassResult,
+    Reconciler,
+    RetryLater,
+)
 from codingjob_operator.storage import (
     ObjectInfo,
     PermanentStorageError,
@@ -1010,3 +1017,75 @@ def test_archiving_on_delete_gives_up_after_the_deadline_and_a_margin(
     with caplog.at_level(logging.ERROR, logger="archive-on-delete-test"):
         _archive_on_delete(_deletion_memo([False]), runtime=limit + 1)
     assert "gave up archiving before deletion" in caplog.text
+
+
+class _StopAfter:
+    """The daemon's ``stopped`` flag, raised after ``passes`` sleeps."""
+
+    def __init__(self, passes: int) -> None:
+        self.left = passes
+
+    def __bool__(self) -> bool:
+        return self.left <= 0
+
+    async def wait(self) -> None:
+        await asyncio.Event().wait()
+
+
+def _supervise(outcomes: list[Exception | None], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run the per-job daemon for one pass per outcome; its sleeps and metrics are returned."""
+    calls = iter(outcomes)
+    sleeps: list[float] = []
+    stopped = _StopAfter(len(outcomes))
+
+    def reconcile(_namespace: str, _name: str) -> PassResult:
+        outcome = next(calls)
+        if outcome is not None:
+            raise outcome
+        return PassResult(7.0)
+
+    async def sleep(_wakeup: Any, _stopped: Any, delay: float) -> None:
+        sleeps.append(delay)
+        stopped.left -= 1
+
+    monkeypatch.setattr(handlers, "_sleep", sleep)
+    memo = types.SimpleNamespace(
+        reconciler=types.SimpleNamespace(reconcile=reconcile),
+        executor=concurrent.futures.ThreadPoolExecutor(1),
+        wakeups=handlers.Wakeups(),
+        metrics=Metrics(),
+    )
+    asyncio.run(
+        handlers.supervise(
+            namespace=NS,
+            name=NAME,
+            memo=memo,
+            stopped=stopped,
+            logger=logging.getLogger("supervise-test"),
+        )
+    )
+    return types.SimpleNamespace(sleeps=sleeps, metrics=memo.metrics)
+
+
+def _errors(metrics: Any, kind: str) -> float:
+    value = metrics.registry.get_sample_value("codingjob_reconcile_errors_total", {"kind": kind})
+    return float(value or 0.0)
+
+
+def test_a_namespace_being_deleted_is_waited_on_not_retried_as_an_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    terminating = NamespaceTerminating(403, "unable to create new content: being terminated")
+    with caplog.at_level(logging.INFO, logger="supervise-test"):
+        run = _supervise([terminating, terminating], monkeypatch)
+    assert run.sleeps == [handlers.NAMESPACE_TERMINATING_DELAY] * 2
+    assert _errors(run.metrics, "transient") == 0
+    assert [r.levelno for r in caplog.records] == [logging.INFO, logging.INFO]
+
+
+def test_a_transient_api_error_backs_off_and_counts_then_recovers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = _supervise([KubeError(500, "etcd timeout"), KubeError(0, "no answer"), None], monkeypatch)
+    assert run.sleeps == [*handlers.ERROR_BACKOFF[:2], 7.0]
+    assert _errors(run.metrics, "transient") == 2
