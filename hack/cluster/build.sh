@@ -26,11 +26,11 @@ export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--buildvcs=false}"
 declare -A USUALLY=(
   [kubernetes]="about 20 min on 2 cores"
   [etcd]="about 3 min on 2 cores"
-  [coredns]="about 4 min on 2 cores"
+  [coredns]="about 6 min on 2 cores"
   [helm]="about 4 min on 2 cores"
   [minio]="about 8 min on 2 cores"
-  [local-path-provisioner]="about 2 min on 2 cores"
-  [kube-router]="about 3 min on 2 cores"
+  [local-path-provisioner]="about 6 min on 2 cores"
+  [kube-router]="about 5 min on 2 cores"
   [pause]="a few seconds"
 )
 
