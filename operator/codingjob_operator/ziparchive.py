@@ -12,8 +12,10 @@ The workspace is untrusted (the agent wrote it), so the archive is bounded and h
 * Names are made safe for Windows and POSIX extractors, collisions (also case-insensitive ones)
   avoided; special files, unreadable and unsafe entries are skipped. Every renamed, linked or
   skipped entry is listed with its original name in :data:`MANIFEST_NAME`, the last entry.
-* Memory is bounded: the central directory and the manifest are spooled to a temporary file;
-  only one directory's listing at a time is held.
+* Memory is bounded, also at a million files (in one directory or in many): the central
+  directory and the manifest are spooled to a temporary file; a large directory listing is
+  sorted in runs spilled to a temporary file and merged; names already used in a directory are
+  held as 8-byte digests (:class:`FoldedNames`).
 
 Why not ``stream-zip`` (used before): it deflates every member on the calling thread and keeps
 the central directory in memory; parallel compression of independent pieces (pigz's scheme) and
@@ -22,11 +24,14 @@ a spooled directory need control of the byte layout, which is what this module w
 
 from __future__ import annotations
 
+import array
 import collections
 import concurrent.futures
 import datetime
 import functools
 import hashlib
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -35,9 +40,9 @@ import stat
 import struct
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,14 @@ MANIFEST_NAME = ".codingjob-manifest.jsonl"
 CHUNK_SIZE = 1024 * 1024
 #: The central directory and the manifest stay in memory up to this size, then go to disk.
 SPOOL_MEMORY = 4 * 1024 * 1024
+#: Names of the directories being walked (all levels together) held in memory, sorted; a
+#: listing that does not fit is sorted on disk. 64Ki names are about 5 MiB; a million would
+#: be about 100 MiB, and a listing is held for as long as its directory is being walked.
+LISTING_MEMORY_NAMES = 64 * 1024
+#: A listing sorted on disk is cut into sorted runs of this many names, merged as it is read.
+SORT_RUN_NAMES = 64 * 1024
+#: Bytes read ahead from each run while merging.
+SORT_READ_BYTES = 4 * 1024
 
 # DOS timestamps start in 1980 and the Unix timestamp extra field is a signed 32-bit number.
 _MIN_TIME = datetime.datetime(1980, 1, 1, tzinfo=datetime.UTC)
@@ -154,7 +167,69 @@ def safe_component(name: str) -> str:
     return safe
 
 
-def unique_component(safe: str, used: set[str]) -> str:
+class NameSet(Protocol):
+    """What :func:`unique_component` needs of the names used so far (casefolded)."""
+
+    def __contains__(self, name: object, /) -> bool: ...
+
+    def add(self, name: str, /) -> None: ...
+
+
+class FoldedNames:
+    """A set of (casefolded) names held as 8-byte digests in one open-addressed array.
+
+    A million names take 16 MiB here, against about 90 MiB as a ``set`` of strings. Names
+    equal up to case always share a digest, so no collision is ever missed; two different
+    names share one with a probability of about n²/2⁶⁵ (3e-8 at a million), and then one of
+    them gets a needless ``~N``: still unique, and deterministic (blake2b is unkeyed, unlike
+    ``hash()``).
+    """
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        self._slots = array.array("Q", bytes(8 * 16))
+        self._count = 0
+        for name in names:
+            self.add(name)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @staticmethod
+    def _digest(name: str) -> int:
+        data = name.encode("utf-8", "surrogatepass")
+        digest = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+        return digest or 1  # 0 marks an empty slot
+
+    def _slot(self, digest: int) -> int:
+        """The slot holding ``digest``, or the empty one where it would go (linear probing)."""
+        slots = self._slots
+        mask = len(slots) - 1
+        index = digest & mask
+        while slots[index] and slots[index] != digest:
+            index = (index + 1) & mask
+        return index
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        return bool(self._slots[self._slot(self._digest(name))])
+
+    def add(self, name: str) -> None:
+        digest = self._digest(name)
+        index = self._slot(digest)
+        if self._slots[index]:
+            return
+        self._slots[index] = digest
+        self._count += 1
+        if 3 * self._count > 2 * len(self._slots):  # at most 2/3 full: probes stay short
+            old = self._slots
+            self._slots = array.array("Q", bytes(16 * len(old)))
+            for kept in old:
+                if kept:
+                    self._slots[self._slot(kept)] = kept
+
+
+def unique_component(safe: str, used: NameSet) -> str:
     """``safe``, or ``stem~N.ext`` when a name equal up to case is already in ``used``."""
     candidate = safe
     number = 0
@@ -362,7 +437,65 @@ class _Frame:
     safe: tuple[str, ...]
     real: tuple[str, ...]
     names: Iterator[str]
-    used: set[str] = field(default_factory=set)
+    #: Names of this listing held in memory (counted against :data:`LISTING_MEMORY_NAMES`).
+    held: int
+    used: FoldedNames = field(default_factory=FoldedNames)
+
+
+class _Listings:
+    """Sorted directory listings, spilled to one temporary file when memory would not hold them.
+
+    The order is exactly ``sorted(os.listdir(fd))``: runs are sorted as ``str`` and merged as
+    ``str``, the file only holds their bytes (names never contain NUL, the separator).
+    """
+
+    def __init__(self) -> None:
+        self.held = 0
+        self._spill: IO[bytes] | None = None
+
+    def sorted_names(self, dir_fd: int) -> tuple[Iterator[str], int]:
+        """The names in ``dir_fd``, sorted, and how many of them stay in memory; the directory
+        is read whole here, so an error reading it is raised here."""
+        with os.scandir(dir_fd) as entries:
+            names = [entry.name for entry in itertools.islice(entries, LISTING_MEMORY_NAMES)]
+            fits = self.held + len(names) <= LISTING_MEMORY_NAMES
+            if len(names) < LISTING_MEMORY_NAMES and fits:
+                names.sort()
+                self.held += len(names)
+                return iter(names), len(names)
+            runs = [self._write_run(names)]
+            del names
+            while run := [entry.name for entry in itertools.islice(entries, SORT_RUN_NAMES)]:
+                runs.append(self._write_run(run))
+        return heapq.merge(*(self._read_run(start, end) for start, end in runs)), 0
+
+    def release(self, held: int) -> None:
+        self.held -= held
+
+    def _write_run(self, names: list[str]) -> tuple[int, int]:
+        if self._spill is None:
+            self._spill = tempfile.TemporaryFile()  # noqa: SIM115  # closed by close()
+        names.sort()
+        start = self._spill.seek(0, os.SEEK_END)
+        self._spill.write(b"\0".join(map(os.fsencode, names)) + b"\0")
+        self._spill.flush()
+        return start, self._spill.tell()
+
+    def _read_run(self, start: int, end: int) -> Iterator[str]:
+        assert self._spill is not None
+        fd = self._spill.fileno()
+        rest = b""
+        while start < end:
+            block = os.pread(fd, min(SORT_READ_BYTES, end - start), start)
+            if not block:
+                raise OSError("directory listing spill file shrank")
+            start += len(block)
+            *names, rest = (rest + block).split(b"\0")
+            yield from map(os.fsdecode, names)
+
+    def close(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
 
 
 class _Manifest:
@@ -394,8 +527,9 @@ class _Manifest:
 
 def _walk(root_fd: int, manifest: _Manifest, stats: ArchiveStats) -> Iterator[_Entry]:
     """Entries under ``root_fd`` depth-first, names sorted per directory; opens files (``fd``)."""
-    root_used = {MANIFEST_NAME.casefold()}  # the manifest's name stays free for the manifest
-    stack = [_Frame(root_fd, (), (), iter(sorted(os.listdir(root_fd))), root_used)]
+    root_used = FoldedNames([MANIFEST_NAME.casefold()])  # kept free for the manifest
+    listings = _Listings()
+    stack = [_Frame(root_fd, (), (), *listings.sorted_names(root_fd), root_used)]
     first_links: dict[tuple[int, int], str] = {}
     try:
         while stack:
@@ -403,6 +537,7 @@ def _walk(root_fd: int, manifest: _Manifest, stats: ArchiveStats) -> Iterator[_E
             name = next(frame.names, None)
             if name is None:
                 stack.pop()
+                listings.release(frame.held)
                 if frame.fd != root_fd:
                     os.close(frame.fd)
                 continue
@@ -436,14 +571,16 @@ def _walk(root_fd: int, manifest: _Manifest, stats: ArchiveStats) -> Iterator[_E
                     manifest.skip(real, error)
                     continue
                 try:
-                    listing = iter(sorted(os.listdir(sub_fd)))
+                    listing, held = listings.sorted_names(sub_fd)
                 except OSError as error:
                     os.close(sub_fd)
                     manifest.skip(real, error)
                     continue
                 stats.dirs += 1
                 yield _Entry(arcname + "/", mode, info.st_mtime)
-                stack.append(_Frame(sub_fd, (*frame.safe, safe), (*frame.real, name), listing))
+                stack.append(
+                    _Frame(sub_fd, (*frame.safe, safe), (*frame.real, name), listing, held)
+                )
             elif kind == stat.S_IFLNK:
                 try:
                     target = os.readlink(name, dir_fd=frame.fd)
@@ -491,6 +628,7 @@ def _walk(root_fd: int, manifest: _Manifest, stats: ArchiveStats) -> Iterator[_E
         for frame in stack:
             if frame.fd != root_fd:
                 os.close(frame.fd)
+        listings.close()
 
 
 def _open_file(
@@ -804,6 +942,9 @@ def stream_workspace(
         try:
             for _ in _write_entry(writer, entry, manifest, stats, submit_piece):
                 yield from drain()
+            # Entries written at once (directories, links, empty files) pass here only: without
+            # this, a tree of a million of them would sit in `out` until the manifest.
+            yield from drain()
         finally:
             if entry.fd >= 0:
                 os.close(entry.fd)

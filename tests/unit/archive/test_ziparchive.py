@@ -18,6 +18,7 @@ from codingjob_operator.ziparchive import (
     MANIFEST_NAME,
     ArchiveStats,
     ArchiveTooLargeError,
+    FoldedNames,
     UnsafeNameError,
     choose_level,
     crc32_combine,
@@ -118,6 +119,30 @@ def test_collisions_up_to_case_get_a_number() -> None:
         "b",
         "B~1",
     ]
+
+
+def test_folded_names_find_collisions_like_a_set() -> None:
+    used = FoldedNames()
+    assert [unique_component(n, used) for n in ["A.txt", "a.txt", "a.TXT", "b", "B"]] == [
+        "A.txt",
+        "a~1.txt",
+        "a~2.TXT",
+        "b",
+        "B~1",
+    ]
+    assert len(used) == 5
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet="aAbBßSs.~1é\udce9", max_size=6), max_size=300))
+def test_folded_names_rename_exactly_as_a_set_does(names: list[str]) -> None:
+    """Through its growth from 16 slots on: digests lose no collision (and add none here)."""
+    as_set: set[str] = set()
+    folded = FoldedNames()
+    assert [unique_component(n, folded) for n in names] == [
+        unique_component(n, as_set) for n in names
+    ]
+    assert len(folded) == len(as_set)
 
 
 @pytest.mark.parametrize(
@@ -538,3 +563,49 @@ def test_a_large_file_streams_in_small_chunks(tmp_path: Path) -> None:
     assert len(sizes) >= 12
     archive = zipfile.ZipFile(io.BytesIO(b"".join(parts)))
     assert archive.read("big.bin") == data
+
+
+def test_entries_written_at_once_are_streamed_in_small_chunks(tmp_path: Path) -> None:
+    """Directories and empty files (written without a compressing thread) do not pile up in
+    the stream's buffer until the end: at a million files that buffer was 200 MiB."""
+    for i in range(40):
+        sub = tmp_path / f"d{i:02d}"
+        sub.mkdir()
+        for j in range(1500):
+            os.mknod(sub / f"{j:04d}")
+    stats = ArchiveStats()
+    sizes = [len(chunk) for chunk in stream_workspace(tmp_path, stats)]
+    assert stats.files == 60_000
+    assert sum(sizes) > 5 * ziparchive.CHUNK_SIZE  # 2.8 MiB of local headers, then the rest
+    # A chunk is emitted once CHUNK_SIZE is reached; the last write may add up to one more.
+    assert max(sizes) < 2 * ziparchive.CHUNK_SIZE
+
+
+def _listing_tree(root: Path) -> None:
+    """Directories of mixed names: case collisions, non-UTF-8 bytes, renames, nesting."""
+    names = [f"n{i:03d}" for i in range(0, 120, 7)] + ["Zz", "zZ", "a:b", "a_b", "ÉTÉ", "été"]
+    names += [os.fsdecode(b"x\xe9y"), os.fsdecode(b"x%E9y"), "~", "a.b", "A.B", "a~1.b"]
+    for sub in ["", "big", "big/inner", "big/inner/deeper", "small"]:
+        (root / sub).mkdir(exist_ok=True)
+        for name in names:
+            (root / sub / name).write_bytes(f"{sub}/{name}".encode("utf-8", "surrogateescape"))
+
+
+def test_listings_sorted_on_disk_give_the_same_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _listing_tree(tmp_path)
+    expected, expected_stats = build_zip(tmp_path)
+    # Runs of 4 names, at most 10 names in memory: the parent listings fill the budget, so
+    # the deeper ones are merged from disk, even small ones.
+    monkeypatch.setattr(ziparchive, "LISTING_MEMORY_NAMES", 10)
+    monkeypatch.setattr(ziparchive, "SORT_RUN_NAMES", 4)
+    monkeypatch.setattr(ziparchive, "SORT_READ_BYTES", 7)
+    spilled, spilled_stats = build_zip(tmp_path)
+    assert spilled.namelist() == expected.namelist()
+    assert spilled_stats == expected_stats
+    for info in expected.infolist():
+        if info.filename != MANIFEST_NAME:
+            assert spilled.read(info.filename) == expected.read(info.filename)
+    assert manifest(spilled)[1] == manifest(expected)[1]
+    assert expected_stats.renamed > 5
