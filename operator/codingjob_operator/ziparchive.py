@@ -188,35 +188,37 @@ class FoldedNames:
     def __init__(self, names: Iterable[str] = ()) -> None:
         self._slots = array.array("Q", bytes(8 * 16))
         self._count = 0
+        #: The last name looked up, its digest and slot: unique_component asks ``in``, then adds.
+        self._last: tuple[str, int, int] | None = None
         for name in names:
             self.add(name)
 
     def __len__(self) -> int:
         return self._count
 
-    @staticmethod
-    def _digest(name: str) -> int:
+    def _find(self, name: str) -> tuple[int, int]:
+        """The digest of ``name`` and the slot holding it, or the empty one where it would go."""
+        if self._last is not None and self._last[0] == name:
+            return self._last[1], self._last[2]
         data = name.encode("utf-8", "surrogatepass")
-        digest = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
-        return digest or 1  # 0 marks an empty slot
+        digest = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") or 1
+        index = self._slot(digest)  # digest 0 (as 1 above) marks an empty slot
+        self._last = (name, digest, index)
+        return digest, index
 
     def _slot(self, digest: int) -> int:
-        """The slot holding ``digest``, or the empty one where it would go (linear probing)."""
         slots = self._slots
         mask = len(slots) - 1
         index = digest & mask
-        while slots[index] and slots[index] != digest:
+        while slots[index] and slots[index] != digest:  # linear probing
             index = (index + 1) & mask
         return index
 
     def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        return bool(self._slots[self._slot(self._digest(name))])
+        return isinstance(name, str) and bool(self._slots[self._find(name)[1]])
 
     def add(self, name: str) -> None:
-        digest = self._digest(name)
-        index = self._slot(digest)
+        digest, index = self._find(name)
         if self._slots[index]:
             return
         self._slots[index] = digest
@@ -224,6 +226,7 @@ class FoldedNames:
         if 3 * self._count > 2 * len(self._slots):  # at most 2/3 full: probes stay short
             old = self._slots
             self._slots = array.array("Q", bytes(16 * len(old)))
+            self._last = None
             for kept in old:
                 if kept:
                     self._slots[self._slot(kept)] = kept
@@ -477,7 +480,8 @@ class _Listings:
             self._spill = tempfile.TemporaryFile()  # noqa: SIM115  # closed by close()
         names.sort()
         start = self._spill.seek(0, os.SEEK_END)
-        self._spill.write(b"\0".join(map(os.fsencode, names)) + b"\0")
+        if names:  # an empty run would read back as one empty name
+            self._spill.write(b"\0".join(map(os.fsencode, names)) + b"\0")
         self._spill.flush()
         return start, self._spill.tell()
 
