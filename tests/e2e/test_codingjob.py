@@ -151,8 +151,12 @@ def test_happy_path(jobs: Jobs, minio_forward: int, kube_api: client.ApiClient) 
     assert env["CODINGJOB_MODEL_NAME"]["value"] == "scripted-demo-model"
     # The product default: the model through the relay (on by default), with a credential
     # for this job only; the scripted model's address is the relay's business.
+    relays = jobs.core.list_namespaced_service(
+        jobs.system_namespace, label_selector="app.kubernetes.io/component=model-relay"
+    ).items
+    assert [r.metadata.labels["app.kubernetes.io/instance"] for r in relays] == [RELEASE]
     assert env["CODINGJOB_MODEL_BASE_URL"]["value"] == (
-        f"http://{RELEASE}-model-relay.{jobs.system_namespace}.svc:8080/v1"
+        f"http://{relays[0].metadata.name}.{jobs.system_namespace}.svc:8080/v1"
     )
     assert env["CODINGJOB_MODEL_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == (
         f"{name}-model-credential"
