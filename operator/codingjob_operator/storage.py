@@ -50,6 +50,8 @@ _PERMANENT_CODES = frozenset(
 _TRANSIENT_CODES = frozenset({"RequestTimeout", "SlowDown", "OperationTimedOut"})
 _TRANSIENT_STATUS = frozenset({408, 429})
 _MiB = 1024 * 1024
+#: A prefix no archive key has (keys start with a namespace name, which has no dot first).
+_NO_OBJECT_PREFIX = ".codingjob-bucket-check/"
 T = TypeVar("T")
 
 
@@ -210,14 +212,49 @@ class UploadedPart:
     etag: str
 
 
+#: Every answer of S3 and of MinIO carries this header, error and HEAD answers included.
+S3_REQUEST_ID = "x-amz-request-id"
+
+
+class _StorePool(urllib3.PoolManager):
+    """The connections to the store; an error answer that is not the store's drops them all.
+
+    A kept-alive connection stays on the path it was opened on: in Kubernetes its conntrack
+    entry pins it to what the Service address led to at connect time. Opened while a Service
+    had no endpoint (the store restarting), a connection can lead somewhere else for good (on
+    a node whose forwarding lets such packets out, to whatever answers there: the fault
+    campaign's MinIO restart got a body-less 404 on every retry for minutes after MinIO was
+    back). Only new connections are routed afresh.
+    """
+
+    # The signature is PoolManager's own, which overrides its base the same way.
+    def urlopen(  # type: ignore[override]
+        self, method: str, url: str, redirect: bool = True, **kw: Any
+    ) -> urllib3.BaseHTTPResponse:
+        response = super().urlopen(method, url, redirect=redirect, **kw)
+        if response.status >= 400 and not response.headers.get(S3_REQUEST_ID):
+            self.clear()
+        return response
+
+
 def _http_client() -> urllib3.PoolManager:
     # Short timeouts so a vanished server surfaces as a retryable error within a minute instead
     # of the SDK's five-minute default; our own backoff does the long-term retrying.
-    return urllib3.PoolManager(
+    return _StorePool(
         timeout=urllib3.Timeout(connect=10.0, read=120.0),
         maxsize=4,
         retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
     )
+
+
+def answered_by_s3(error: S3Error) -> bool:
+    """Whether ``error`` is the store's answer. A HEAD answer has no body: the SDK makes
+    ``NoSuchBucket``/``NoSuchKey`` out of any 404 to a HEAD, a proxy's too; the store's own
+    answers carry its request id."""
+    response = error.response
+    if response is None or response.data:
+        return True  # an S3 error document
+    return bool(response.headers.get(S3_REQUEST_ID))
 
 
 def classify(error: BaseException) -> StorageError:
@@ -227,6 +264,12 @@ def classify(error: BaseException) -> StorageError:
     message = f"{type(error).__name__}: {error}"
     if isinstance(error, S3Error):
         message = f"{error.code}: {error.message} ({error.resource})"
+        if not answered_by_s3(error):
+            status = error.response.status if error.response is not None else 0
+            return TransientStorageError(
+                f"HTTP {status} without a body or an S3 request id: not the store's answer "
+                f"(a proxy, or a network path that does not lead to the store) [{message}]"
+            )
         if error.code == "NoSuchUpload":
             return UploadLostError(message)
         status = error.response.status if error.response is not None else 0
@@ -349,6 +392,10 @@ class ArtifactStore:
         """Make sure the bucket exists, creating it when the settings allow."""
         if _call(lambda: self._client.bucket_exists(self.bucket)):
             return
+        # The HEAD said 404, which the SDK reads as "no such bucket" whoever answered: a GET
+        # has the store's error document, or is no S3 answer (transient).
+        if self._bucket_found():
+            return
         if not self.settings.create_bucket:
             raise PermanentStorageError(
                 f"NoSuchBucket: bucket {self.bucket!r} does not exist and creation is off"
@@ -362,12 +409,27 @@ class ArtifactStore:
         except Exception as error:
             raise classify(error) from error
 
+    def _bucket_found(self) -> bool:
+        """Whether the bucket exists, by a listing that matches nothing (a GET, which the
+        operator's identity may do: ``s3:ListBucket``)."""
+        try:
+            for _ in self._client.list_objects(self.bucket, prefix=_NO_OBJECT_PREFIX):
+                break
+        except S3Error as error:
+            if error.code == "NoSuchBucket" and answered_by_s3(error):
+                return False
+            raise classify(error) from error
+        except Exception as error:
+            raise classify(error) from error
+        return True
+
     def stat(self, key: str) -> ObjectInfo | None:
         """Size and recorded sha256/file count of ``key``; ``None`` when there is no such object."""
         try:
             obj = self._client.stat_object(self.bucket, key)
         except S3Error as error:
-            if error.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+            missing = error.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
+            if missing and answered_by_s3(error):
                 return None
             raise classify(error) from error
         except Exception as error:

@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 from codingjob_operator import names
+from codingjob_operator.builders import STATS_PORT
 from kubernetes import client
 
 from tests.fixtures.cluster import fresh_namespace, kubectl, tool
@@ -193,10 +194,25 @@ class Run:
 
     # Driving the job.
 
-    def start(self, **spec: Any) -> None:
+    def start(self, *, relay: bool = False, **spec: Any) -> None:
+        """Apply the job; ``relay``: no endpoint of its own, so its model calls go through the
+        chart's model relay (whose provider ``scripted`` picks the scenario by model name)."""
         spec.setdefault("gui", {"enabled": False})
         spec.setdefault("jupyter", {"enabled": False})
-        self.jobs.apply(self.jobs.manifest(JOB, SCENARIO, **spec))
+        manifest = self.jobs.manifest(JOB, SCENARIO, **spec)
+        if relay:
+            manifest["spec"]["model"] = {"name": f"scripted/{SCENARIO}"}
+        self.jobs.apply(manifest)
+
+    def stats(self) -> dict[str, Any]:
+        """The sidecar's ``/stats`` (steps, tokens with the relay's totals), read through the
+        API server's pod proxy as the operator reads it."""
+        # Raw: the client would turn a JSON body typed ``str`` into a Python repr.
+        response = self.jobs.core.connect_get_namespaced_pod_proxy_with_path(
+            f"{self.pod()}:{STATS_PORT}", self.namespace, "stats", _preload_content=False
+        )
+        stats: dict[str, Any] = json.loads(response.data)
+        return stats
 
     def pod(self) -> str:
         pod = self.jobs.agent_pod(JOB)
@@ -474,6 +490,38 @@ def case_operator_killed_running(run: Run, campaign: Campaign) -> None:
     run.check_archive(campaign.minio)
 
 
+def case_operator_killed_pending(run: Run, campaign: Campaign) -> None:
+    with campaign.operator_kill:
+        wait_for("two live operator peers", lambda: len(peers(campaign.custom)) == 2, 120)
+        run.start()
+        # Right after the apply: the operator made the children (phase Pending), the agent
+        # pod is not running yet.
+        pending = wait_for(
+            "the job Pending",
+            lambda: (st := run.jobs.status(JOB)).get("phase") in {"Pending", "Running"} and st,
+            60,
+            interval=0.1,
+        )
+        pod = run.jobs.agent_pod(JOB)
+        pod_phase = pod.status.phase if pod is not None and pod.status else None
+        run.notes.append(f"killed in {pending['phase']}, agent pod {pod_phase or 'absent'}")
+        kill_active_operator(campaign, hard=True)
+        run.fault_now()
+        # Recovered when an operator acted on the job again: it records Running.
+        run.jobs.wait_phase(JOB, {"Running", *FINAL_PHASES}, 240)
+        run.recovered()
+        wait_for("two live peers again", lambda: len(peers(campaign.custom)) == 2, 180)
+    assert pending["phase"] == "Pending", f"not killed in Pending: {pending}"
+    run.at_gate()
+    run.write("after-operator-kill/notes.txt")
+    run.release()
+    final = run.finish()
+    assert (final["phase"], final["reason"]) == ("Succeeded", "Completed"), final
+    assert len(run.agent_uids) == 1 and not final.get("podFailures"), (run.agent_uids, final)
+    assert final.get("steps") == STEPS, final
+    run.check_archive(campaign.minio)
+
+
 def case_operator_killed_archiving(run: Run, campaign: Campaign) -> None:
     run.start(workspace={"size": "1Gi"})
     run.at_gate()
@@ -517,6 +565,67 @@ def case_sidecar_killed(run: Run, campaign: Campaign) -> None:
     assert (final["phase"], final["reason"]) == ("Succeeded", "Completed"), final
     assert final.get("steps") == STEPS, f"steps {final.get('steps')}, not {STEPS}: {final}"
     assert len(run.agent_uids) == 1 and not final.get("podFailures"), final
+    run.check_archive(campaign.minio)
+
+
+def relay_pods(campaign: Campaign) -> list[client.V1Pod]:
+    """The model relay's pods that are not on their way out."""
+    pods = campaign.core.list_namespaced_pod(
+        SYSTEM_NAMESPACE, label_selector=f"{COMPONENT_LABEL}=model-relay"
+    ).items
+    return [p for p in pods if not p.metadata.deletion_timestamp]
+
+
+def ready(pod: client.V1Pod) -> bool:
+    conditions = (pod.status.conditions if pod.status else None) or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+def relay_prompt_tokens(run: Run) -> int:
+    """The relay's count of the job's prompt tokens, as its last answer told the sidecar."""
+    return int(run.stats()["tokens"].get("prompt") or 0)
+
+
+def case_relay_restarted(run: Run, campaign: Campaign) -> None:
+    run.start(relay=True)
+    run.at_gate()
+    run.write("before-relay-restart/notes.txt")
+    # Two model calls answered through the relay so far (the gate's wait is a tool call).
+    before = relay_prompt_tokens(run)
+    assert before > 0, f"no relay usage in /stats: {run.stats()}"
+    recorded = wait_for(
+        "the relay's counts in the status",
+        lambda: (run.jobs.status(JOB).get("tokens") or {}).get("prompt"),
+        60,
+    )
+    (old,) = relay_pods(campaign)
+    run.fault_now()
+    kubectl("delete", "pod", old.metadata.name, "-n", SYSTEM_NAMESPACE, "--wait=false")
+    wait_for(
+        "a new relay pod, ready",
+        lambda: any(p.metadata.uid != old.metadata.uid and ready(p) for p in relay_pods(campaign)),
+        180,
+        interval=0.5,
+    )
+    run.recovered()
+    run.release()
+    # Every answer after the restart carries the relay's totals: each must include what was
+    # counted before it (a relay that lost its journal would count from zero again). The
+    # scripted model takes 2 s a turn, so each answer's totals are sampled.
+    seen: list[int] = []
+    while run.jobs.status(JOB).get("phase") == "Running":
+        with contextlib.suppress(Exception):  # the sidecar ends with the run
+            seen.append(relay_prompt_tokens(run))
+        time.sleep(0.25)
+    final = run.finish()
+    assert (final["phase"], final["reason"]) == ("Succeeded", "Completed"), final
+    assert final.get("steps") == STEPS, final
+    assert len(run.agent_uids) == 1 and not final.get("podFailures"), final
+    fell = [n for n in seen if n < before]
+    assert not fell, f"relay totals fell below {before} after the restart: {seen}"
+    after = int(final["tokens"]["prompt"])
+    assert after > before and after >= int(recorded), (before, recorded, final["tokens"])
+    run.notes.append(f"prompt tokens {before} before the restart, {after} at the end")
     run.check_archive(campaign.minio)
 
 
@@ -582,7 +691,15 @@ def case_minio_stopped(run: Run, campaign: Campaign) -> None:
         "--timeout=120s",
         check=False,
     )
-    time.sleep(MINIO_OUTAGE_S)
+    # What the operator says meanwhile (the Archived condition's message names the error).
+    said: set[str] = set()
+    deadline = time.monotonic() + MINIO_OUTAGE_S
+    while time.monotonic() < deadline:
+        for condition in run.jobs.status(JOB).get("conditions") or []:
+            if condition.get("type") == "Archived" and condition.get("status") == "False":
+                said.add(f"{condition.get('reason')}: {str(condition.get('message'))[:160]}")
+        time.sleep(2)
+    run.notes.extend(sorted(said))
     kubectl("scale", "deployment", deployment, "-n", SYSTEM_NAMESPACE, "--replicas=1")
     kubectl(
         "rollout",
@@ -618,17 +735,15 @@ class Case:
 CASES = [
     Case("agent evicted (Eviction API)", "Running", case_evicted),
     Case("agent OOM-killed", "Running", case_oom),
+    Case("active operator SIGKILLed", "Pending", case_operator_killed_pending),
     Case("active operator SIGKILLed", "Running", case_operator_killed_running),
     Case("active operator pod deleted (grace 0)", "Archiving", case_operator_killed_archiving),
     Case("context-manager SIGKILLed", "Running (mid-step)", case_sidecar_killed),
     Case("suspend/resume x3, writes between", "Running", case_suspend_resume),
     Case("workspace PVC deleted", "Running -> Archiving", case_pvc_gone),
-    # Open (docs/faults.md): after MinIO is back on its volume, the operator's bucket check kept
-    # getting a body-less 404 for minutes; the case returns to the list with that fix.
-    # Case(f"MinIO stopped {MINIO_OUTAGE_S}s", "Archiving", case_minio_stopped, last=True)
+    Case("model relay pod deleted", "Running (at the gate)", case_relay_restarted),
+    Case(f"MinIO stopped {MINIO_OUTAGE_S}s", "Archiving", case_minio_stopped, last=True),
 ]
-#: Cases written but not yet in the campaign (see above).
-PENDING = [case_minio_stopped]
 
 
 def table(runs: list[Run]) -> str:

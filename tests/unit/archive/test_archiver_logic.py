@@ -130,9 +130,12 @@ def test_the_operator_reads_what_the_archiver_writes() -> None:
     )
 
 
-def s3_error(code: str, status: int) -> S3Error:
-    response = urllib3.HTTPResponse(body=b"", status=status)
-    return S3Error(response, code, "message", "/bucket/key", "req", "host")
+def s3_error(code: str, status: int, request_id: str | None = "req") -> S3Error:
+    """An error as the SDK makes it of a HEAD answer: no body; the store's carries its
+    request id."""
+    headers = {"x-amz-request-id": request_id} if request_id else {}
+    response = urllib3.HTTPResponse(body=b"", status=status, headers=headers)
+    return S3Error(response, code, "message", "/bucket/key", request_id, "host")
 
 
 @pytest.mark.parametrize(
@@ -149,6 +152,10 @@ def s3_error(code: str, status: int) -> S3Error:
         (s3_error("InvalidPart", 400), PermanentStorageError),
         (s3_error("SlowDown", 503), TransientStorageError),
         (s3_error("XMinioServerNotInitialized", 503), TransientStorageError),
+        # The SDK's reading of a 404 to a HEAD that the store did not give (no request id): a
+        # network path that led elsewhere (fault campaign, MinIO restart), not a missing bucket.
+        (s3_error("NoSuchBucket", 404, request_id=None), TransientStorageError),
+        (s3_error("AccessDenied", 403, request_id=None), TransientStorageError),
         (ServerError("bad gateway", 502), TransientStorageError),
         # A body-less 404 came from a stopping MinIO (fault campaign), a page from a proxy.
         (InvalidResponseError(404, None, None), TransientStorageError),
