@@ -5,11 +5,14 @@ flushes it to the kernel before the answer goes back, so a crash of the relay pr
 nothing that was answered; the file is fsynced once a second, so a crash of the node loses at
 most the last second of records. Calls in flight when the relay stops are not recorded (their
 answers never reached the job either). At start the journal is replayed and compacted to one
-line per job.
+line per job, under an exclusive lock that the relay holds until it stops: a replacement relay
+(a deleted pod's successor, on the same volume) waits until the old one has written its last
+record, instead of compacting the journal away beneath it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -51,10 +54,19 @@ class UsageStore:
         self.path = directory / JOURNAL_NAME
         self._jobs: dict[str, Usage] = {}
         self._file: IO[str] | None = None
+        self._lock: IO[str] | None = None
         self._dirty = False
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Why: the old relay may still answer its last calls while its successor starts; both
+        # writing (and the successor compacting) would lose those calls from the budgets.
+        self._lock = self.path.with_suffix(".lock").open("a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for the usage journal: another relay still holds %s", self.path)
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
         if self.path.exists():
             with self.path.open() as journal:
                 for number, line in enumerate(journal, 1):
@@ -103,3 +115,6 @@ class UsageStore:
             self.sync()
             self._file.close()
             self._file = None
+        if self._lock is not None:
+            self._lock.close()  # releases the flock: a waiting successor replays from here
+            self._lock = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 
 import pytest
@@ -145,3 +146,25 @@ def test_usage_journal_survives_a_restart_and_a_torn_line(tmp_path) -> None:  # 
     assert again.get("uid-2").total == 7
     again.close()
     assert len(store.path.read_text().splitlines()) == 2  # compacted to one line per job
+
+
+def test_a_second_relay_on_the_journal_waits_for_the_first_to_stop(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    first = UsageStore(tmp_path)
+    first.open()
+    first.record("uid-1", Usage(prompt=10, calls=1))
+    successor = UsageStore(tmp_path)
+    opened = threading.Event()
+
+    def start() -> None:
+        successor.open()
+        opened.set()
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    assert not opened.wait(0.5), "the successor replayed while the first relay still wrote"
+    first.record("uid-1", Usage(prompt=5, calls=1))  # a last call answered by the old relay
+    first.close()
+    assert opened.wait(10)
+    thread.join(10)
+    assert successor.get("uid-1") == Usage(prompt=15, calls=2)
+    successor.close()
