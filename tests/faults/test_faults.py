@@ -555,7 +555,7 @@ def case_sidecar_killed(run: Run, campaign: Campaign) -> None:
     run.write("before-sidecar-kill/notes.txt")
     run.release()
     # The agent sees the gate within half a second and asks for its next step, which the
-    # scripted model answers after 2 s: the sidecar dies with the step in flight.
+    # scripted model answers after 3 s: the sidecar dies with the step in flight.
     time.sleep(1.0)
     run.fault_now()
     kill_sidecar_process(run)
@@ -611,7 +611,7 @@ def case_relay_restarted(run: Run, campaign: Campaign) -> None:
     run.release()
     # Every answer after the restart carries the relay's totals: each must include what was
     # counted before it (a relay that lost its journal would count from zero again). The
-    # scripted model takes 2 s a turn, so each answer's totals are sampled.
+    # scripted model takes 3 s a turn, so each answer's totals are sampled.
     seen: list[int] = []
     while run.jobs.status(JOB).get("phase") == "Running":
         with contextlib.suppress(Exception):  # the sidecar ends with the run
