@@ -21,10 +21,10 @@ import pytest
 from kubernetes import client
 
 from tests.fixtures.cluster import (
-    in_ci,
     pod_finished,
     pod_ready,
     tool,
+    unavailable,
     wait_for_deletion,
     wait_for_pod,
 )
@@ -300,10 +300,10 @@ def test_native_sidecar_runs_before_main_and_stops_after_it(
 def _local_cluster_only(kubeconfig: str) -> Path:
     """The local cluster's runtime dir; skips the test on a cluster the user brought."""
     if not kubeconfig.startswith(_local_cluster_dir()):
-        reason = "checks hack/cluster/up.sh, which manages only the local cluster"
-        if in_ci():
-            pytest.fail(f"CI must run on the local cluster: {reason}", pytrace=False)
-        pytest.skip(reason)
+        unavailable(
+            "this checks hack/cluster/up.sh, which manages only the local cluster "
+            "(CI must run on it)"
+        )
     return Path(os.environ.get("CODINGJOB_CLUSTER_RUN_DIR", "/run/codingjob-cluster"))
 
 

@@ -10,7 +10,9 @@ import socket
 import stat
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from codingjob_operator import ziparchive
@@ -110,19 +112,9 @@ def test_long_names_are_cut_with_a_hash_of_the_original() -> None:
     assert len(safe_component("é" * 200).encode()) <= 255
 
 
-def test_collisions_up_to_case_get_a_number() -> None:
-    used: set[str] = set()
-    assert [unique_component(n, used) for n in ["A.txt", "a.txt", "a.TXT", "b", "B"]] == [
-        "A.txt",
-        "a~1.txt",
-        "a~2.TXT",
-        "b",
-        "B~1",
-    ]
-
-
-def test_folded_names_find_collisions_like_a_set() -> None:
-    used = FoldedNames()
+@pytest.mark.parametrize("table", [set, FoldedNames], ids=["set", "digests"])
+def test_collisions_up_to_case_get_a_number(table: Callable[[], Any]) -> None:
+    used = table()
     assert [unique_component(n, used) for n in ["A.txt", "a.txt", "a.TXT", "b", "B"]] == [
         "A.txt",
         "a~1.txt",
