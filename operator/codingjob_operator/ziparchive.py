@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import stat
 import struct
 import tempfile
@@ -486,12 +487,47 @@ class _Manifest:
         self.spool.close()
 
 
+class _FirstLinks:
+    """The first archive name of each inode with several links, in a temporary SQLite file.
+
+    A workspace can hold any number of hard-linked inodes (a pnpm ``node_modules`` links every
+    file), so the table lives on disk: SQLite keeps only its page cache (about 2 MiB) in memory.
+    The file is unlinked at once and needs no journal: it dies with the archiver.
+    """
+
+    def __init__(self) -> None:
+        handle, path = tempfile.mkstemp(prefix="codingjob-links-", suffix=".sqlite")
+        os.close(handle)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None)
+        finally:
+            os.unlink(path)
+        self._db.execute("PRAGMA journal_mode = OFF")
+        self._db.execute("PRAGMA synchronous = OFF")
+        self._db.execute(
+            "CREATE TABLE first (dev INTEGER, ino INTEGER, name TEXT, PRIMARY KEY (dev, ino))"
+        )
+        # One transaction for the whole walk: rows are written out only when the cache is full.
+        self._db.execute("BEGIN")
+
+    def get(self, dev: int, ino: int) -> str | None:
+        row = self._db.execute("SELECT name FROM first WHERE dev = ? AND ino = ?", (dev, ino))
+        found = row.fetchone()
+        return None if found is None else str(found[0])
+
+    def add(self, dev: int, ino: int, name: str) -> None:
+        self._db.execute("INSERT INTO first VALUES (?, ?, ?)", (dev, ino, name))
+
+    def close(self) -> None:
+        self._db.close()
+
+
 def _walk(root_fd: int, manifest: _Manifest, stats: ArchiveStats) -> Iterator[_Entry]:
     """Entries under ``root_fd`` depth-first, names sorted per directory; opens files (``fd``)."""
     root_used = FoldedNames([MANIFEST_NAME.casefold()])  # kept free for the manifest
     listings = _Listings()
     stack = [_Frame(root_fd, (), (), *listings.sorted_names(root_fd), root_used)]
-    first_links: dict[tuple[int, int], str] = {}
+    first_links = _FirstLinks()
     try:
         while stack:
             frame = stack[-1]
@@ -570,8 +606,8 @@ def _walk(root_fd: int, manifest: _Manifest, stats: ArchiveStats) -> Iterator[_E
                         continue
                     entry, opened = found
                 if opened.st_nlink > 1:
-                    inode = (opened.st_dev, opened.st_ino)
-                    first = first_links.get(inode)
+                    dev, ino = _signed(opened.st_dev), _signed(opened.st_ino)
+                    first = first_links.get(dev, ino)
                     if first is not None:
                         if entry.fd >= 0:
                             os.close(entry.fd)
@@ -582,7 +618,7 @@ def _walk(root_fd: int, manifest: _Manifest, stats: ArchiveStats) -> Iterator[_E
                         manifest.add("hardlink", name=arcname, target=first, original=real)
                         yield _Entry(arcname, stat.S_IFLNK | 0o777, info.st_mtime, target.encode())
                         continue
-                    first_links[inode] = arcname
+                    first_links.add(dev, ino, arcname)
                 stats.files += 1
                 yield entry
     finally:
@@ -590,6 +626,12 @@ def _walk(root_fd: int, manifest: _Manifest, stats: ArchiveStats) -> Iterator[_E
             if frame.fd != root_fd:
                 os.close(frame.fd)
         listings.close()
+        first_links.close()
+
+
+def _signed(number: int) -> int:
+    """An unsigned 64-bit number as the signed one SQLite stores (same bits)."""
+    return number - (1 << 64) if number >= 1 << 63 else number
 
 
 def _open_file(

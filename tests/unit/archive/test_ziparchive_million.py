@@ -1,7 +1,9 @@
 """A million files through the ZIP stream, in a child process whose peak memory is asserted.
 
 Two shapes in one workspace: 900,000 files in one directory (the adversarial one: its listing
-and its used names are the whole million) and 100 directories of 1,000 (the usual tree). The
+and its used names are the whole million, and each file has a second link outside the
+workspace, as pnpm's store gives every file in ``node_modules``, so the table of hard-linked
+inodes holds them all) and 100 directories of 1,000 (the usual tree). The
 entries are read back from the ZIP's central directory by this test's own parser (``zipfile``
 would hold a million ``ZipInfo`` objects), in order, so a lost, renamed or misplaced file fails.
 """
@@ -61,14 +63,24 @@ def scratch() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def make_files(directory: Path, names: Iterator[str]) -> None:
+def make_files(directory: Path, names: Iterator[str], linked_from: Path | None = None) -> None:
+    """Empty files ``names`` in ``directory``; with ``linked_from``, each made there first and
+    hard-linked into ``directory``."""
     directory.mkdir()
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    made = directory
+    if linked_from is not None:
+        linked_from.mkdir()
+        made = linked_from
+    fd = os.open(made, os.O_RDONLY | os.O_DIRECTORY)
+    into = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for name in names:
             os.mknod(name, stat.S_IFREG | 0o644, dir_fd=fd)  # one syscall per empty file
+            if linked_from is not None:
+                os.link(name, name, src_dir_fd=fd, dst_dir_fd=into)
     finally:
         os.close(fd)
+        os.close(into)
 
 
 def central_directory(path: Path) -> Iterator[str]:
@@ -111,7 +123,7 @@ def test_a_million_files_in_bounded_memory(scratch: Path) -> None:
     workspace.mkdir()
     started = time.monotonic()
     flat = itertools.chain(map("{:06d}".format, range(FLAT - 2)), ["zZ", "Zz"])
-    make_files(workspace / "flat", flat)
+    make_files(workspace / "flat", flat, linked_from=scratch / "store")
     (workspace / "tree").mkdir()
     for d in range(TREE_DIRS):
         make_files(workspace / "tree" / f"d{d:02d}", map("{:03d}".format, range(TREE_FILES)))
