@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
+import http.server
+import json
+import threading
 import time
+import urllib.parse
+from typing import Any
 
 import pytest
 import urllib3
@@ -247,3 +253,81 @@ def test_sts_refusals_are_classified_by_their_status(
     settings = StorageSettings(access_key=SecretStr("a"), secret_key=SecretStr("s"), bucket="arts")
     with pytest.raises(kind, match="STS AssumeRole"):
         ArtifactStore(settings).archiver_session("ns/job/uid/", 900)
+
+
+_STS_ANSWER = """<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleResult>
+    <AssumedRoleUser>
+      <Arn>arn:aws:sts::123456789012:assumed-role/codingjob-archiver/session</Arn>
+      <AssumedRoleId>AROAEXAMPLE:session</AssumedRoleId>
+    </AssumedRoleUser>
+    <Credentials>
+      <AccessKeyId>ASIAEXAMPLE</AccessKeyId>
+      <SecretAccessKey>session-secret</SecretAccessKey>
+      <SessionToken>session-token</SessionToken>
+      <Expiration>2030-01-01T00:00:00Z</Expiration>
+    </Credentials>
+  </AssumeRoleResult>
+  <ResponseMetadata><RequestId>request-1</RequestId></ResponseMetadata>
+</AssumeRoleResponse>"""
+
+
+def test_on_aws_the_session_assumes_the_role_with_the_prefix_policy() -> None:
+    """The AWS path (``storage.archiverRoleArn``), which needs an AWS account to run for real:
+    the request must be the AssumeRole call AWS STS documents (form-encoded POST, RoleArn, the
+    inline session Policy, DurationSeconds, SigV4 scoped to the region's ``sts`` service), and
+    the answer's credentials are the session's."""
+    seen: dict[str, Any] = {}
+
+    class Sts(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            seen["path"], seen["headers"], seen["form"] = self.path, self.headers, body
+            answer = _STS_ANSWER.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sts)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    role = "arn:aws:iam::123456789012:role/codingjob-archiver"
+    try:
+        settings = StorageSettings(
+            endpoint="s3.eu-west-1.amazonaws.com",
+            secure=True,
+            region="eu-west-1",
+            access_key=SecretStr("AKIAOPERATOR"),
+            secret_key=SecretStr("operator-secret"),
+            bucket="arts",
+            sts_endpoint=f"http://127.0.0.1:{server.server_address[1]}",
+            archiver_role_arn=role,
+        )
+        session = ArtifactStore(settings).archiver_session("ns/job/uid/", 7200)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    form = urllib.parse.parse_qs(seen["form"], strict_parsing=True)
+    assert {k: v[0] for k, v in form.items() if k != "Policy"} == {
+        "Action": "AssumeRole",
+        "Version": "2011-06-15",
+        "RoleArn": role,
+        "RoleSessionName": "codingjob-" + hashlib.sha256(b"ns/job/uid/").hexdigest()[:16],
+        "DurationSeconds": "7200",
+    }
+    assert json.loads(form["Policy"][0]) == archiver_policy("arts", "ns/job/uid/")
+    assert seen["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+    authorization = seen["headers"]["Authorization"]
+    assert authorization.startswith("AWS4-HMAC-SHA256 Credential=AKIAOPERATOR/")
+    assert "/eu-west-1/sts/aws4_request," in authorization
+    assert (session.access_key, session.secret_key, session.session_token) == (
+        "ASIAEXAMPLE",
+        "session-secret",
+        "session-token",
+    )
+    assert session.expires_at == datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
