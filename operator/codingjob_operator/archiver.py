@@ -12,6 +12,8 @@ outlived the deadline (``{"error": ..., "permanent": ...}``).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import logging
 import os
@@ -129,7 +131,8 @@ class _PartUploader:
     """Uploads parts on :data:`UPLOAD_THREADS` threads while the producer zips the next ones.
 
     The producer hashes each part in order when it hands it over, and reserves room before it
-    zips the next one: at most ``threads + 1`` parts are handed over and not yet sent.
+    zips the next one: at most ``threads`` parts exist at once, the one being zipped included
+    (with ISA-L the zipping outruns the uploads, so memory reaches this bound).
     """
 
     def __init__(
@@ -148,7 +151,7 @@ class _PartUploader:
         self._next = 1
         self._lock = threading.Lock()
         self._queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue()
-        self._slots = threading.Semaphore(threads + 1)
+        self._slots = threading.Semaphore(threads)
         self._threads = [
             threading.Thread(target=self._run, name=f"part-uploader-{i}", daemon=True)
             for i in range(threads)
@@ -400,8 +403,29 @@ def _failure(error: BaseException, permanent: bool, reason: str | None = None) -
     ).model_dump_json(exclude_none=True)
 
 
+#: glibc's mallopt parameter for the size from which allocations get pages of their own.
+_M_MMAP_THRESHOLD = -3
+
+
+def _fixed_mmap_threshold(size: int = 128 * 1024) -> bool:
+    """Give every allocation from ``size`` on pages of its own, returned when it is freed.
+
+    glibc raises this threshold (up to 32 MiB) each time such a block is freed, after which the
+    1 MiB pieces and 8 MiB parts come from the threads' heaps and their freed memory stays with
+    the process: 20-25 MiB more peak RSS on the 1 GiB benchmark (about 116 vs 92 MiB), against a
+    128 MiB goal. Setting it fixes it. Elsewhere (not glibc) this does nothing.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, size))
+
+
 def main() -> None:
     """Console entry point: archive, report, exit 0/1/75."""
+    _fixed_mmap_threshold()
     env = os.environ
     job = None
     if env.get("CODINGJOB_NAMESPACE") and env.get("CODINGJOB_NAME"):

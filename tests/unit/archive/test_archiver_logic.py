@@ -18,6 +18,7 @@ from codingjob_operator.archiver import (
     Backoff,
     DeadlineExceededError,
     _failure,
+    _fixed_mmap_threshold,
     _parts,
     part_size,
 )
@@ -331,3 +332,9 @@ def test_on_aws_the_session_assumes_the_role_with_the_prefix_policy() -> None:
         "session-token",
     )
     assert session.expires_at == datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+
+
+def test_the_archiver_fixes_glibcs_mmap_threshold() -> None:
+    """The images are Debian (glibc): the call that keeps the archiver's peak memory down
+    must take effect there, not fail quietly."""
+    assert _fixed_mmap_threshold() is True
