@@ -61,6 +61,7 @@ CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 PROVIDER_UNAVAILABLE = "provider_unavailable"
 #: The provider refused the relay's key (401/403); the sidecar ends the step, no retry.
 PROVIDER_AUTH_FAILED = "provider_auth_failed"
+PROVIDER_NOT_CONFIGURED = "provider_not_configured"
 
 
 class RelayError(Exception):
@@ -124,7 +125,7 @@ class Relay:
         if provider is None:
             raise RelayError(
                 403,
-                "provider_not_configured",
+                PROVIDER_NOT_CONFIGURED,
                 f"provider {claims.provider!r} of {claims.job} is not configured in the relay",
             )
         return provider

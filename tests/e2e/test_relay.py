@@ -87,9 +87,14 @@ def provider_key(kube_api: client.ApiClient) -> Iterator[str]:
         custom.delete_cluster_custom_object("codingjob.dev", "v1alpha1", "codingjobclasses", CLASS)
     wait_for(
         "the previous class gone",
-        lambda: not custom.list_cluster_custom_object(
-            "codingjob.dev", "v1alpha1", "codingjobclasses", field_selector=f"metadata.name={CLASS}"
-        )["items"],
+        lambda: (
+            not custom.list_cluster_custom_object(
+                "codingjob.dev",
+                "v1alpha1",
+                "codingjobclasses",
+                field_selector=f"metadata.name={CLASS}",
+            )["items"]
+        ),
         60,
     )
     custom.create_cluster_custom_object("codingjob.dev", "v1alpha1", "codingjobclasses", job_class)
@@ -116,7 +121,9 @@ def namespace(kube_api: client.ApiClient) -> Iterator[str]:
         core.delete_namespace(name, propagation_policy="Background")
 
 
-def relayed_job(name: str, scenario: str, provider: str | None = None, **spec: Any) -> dict[str, Any]:
+def relayed_job(
+    name: str, scenario: str, provider: str | None = None, **spec: Any
+) -> dict[str, Any]:
     """A CodingJob of the relay's class that names no endpoint: it goes through the relay."""
     model: dict[str, Any] = {"name": f"scripted/{scenario}"}
     if provider is not None:

@@ -139,7 +139,10 @@ def test_scripted_model_requires_the_key_of_its_secret(helm: Helm, tmp_path: Pat
     )
     model = pod_specs(manifests)["scripted-model"]
     container = model["containers"][0]
-    assert container["command"][-1] == "--require-api-key-file=/var/run/secrets/codingjob/api-key/token"
+    assert (
+        container["command"][-1]
+        == "--require-api-key-file=/var/run/secrets/codingjob/api-key/token"
+    )
     mount = next(m for m in container["volumeMounts"] if m["name"] == "api-key")
     assert mount == {
         "name": "api-key",
@@ -173,7 +176,9 @@ def test_scripted_model_requires_the_key_of_its_secret(helm: Helm, tmp_path: Pat
 
 @pytest.mark.parametrize("half", ["name=model-key", "key=token"])
 def test_scripted_model_key_needs_a_name_and_a_key(helm: Helm, half: str) -> None:
-    error = helm.render_error(sets=["scriptedModel.enabled=true", f"scriptedModel.apiKeySecret.{half}"])
+    error = helm.render_error(
+        sets=["scriptedModel.enabled=true", f"scriptedModel.apiKeySecret.{half}"]
+    )
     assert "scriptedModel.apiKeySecret needs both name and key" in error
 
 

@@ -156,8 +156,12 @@ def test_a_relay_refusal_without_the_no_retry_header_still_ends_the_step() -> No
 
 
 def test_an_unconfigured_relay_provider_is_not_called_a_refused_key() -> None:
-    body = {"message": "provider 'x' of ns/job is not configured", "code": "provider_not_configured"}
+    body = {
+        "message": "provider 'x' of ns/job is not configured",
+        "code": "provider_not_configured",
+    }
     refused, seen = asyncio.run(complete_with([403], retries=3, error=body))
+    assert len(seen) == 1
     assert isinstance(refused, ModelCallError) and refused.code is ErrorCode.MODEL_ERROR
     assert "not configured" in str(refused) and "API key" not in str(refused)
 
