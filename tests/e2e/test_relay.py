@@ -44,6 +44,15 @@ def provider_key(kube_api: client.ApiClient) -> Iterator[str]:
     custom = client.CustomObjectsApi(kube_api)
     key = "sk-e2e-provider-" + secrets.token_hex(16)
     helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", check=False)
+
+    def usable() -> bool:
+        # A previous run's namespace may still be terminating: nothing can be created in it.
+        try:
+            return core.read_namespace(SYSTEM).metadata.deletion_timestamp is None
+        except client.ApiException as error:
+            return error.status == 404
+
+    wait_for(f"{SYSTEM} not terminating", usable, 180, interval=2)
     kubectl("create", "namespace", SYSTEM, check=False)
     # A fresh key, also when a previous run left the Secret behind.
     kubectl("-n", SYSTEM, "delete", "secret", "e2e-provider-key", "--ignore-not-found")
@@ -105,7 +114,7 @@ def provider_key(kube_api: client.ApiClient) -> Iterator[str]:
 
 
 @pytest.fixture
-def namespace(kube_api: client.ApiClient) -> Iterator[str]:
+def job_namespace(kube_api: client.ApiClient) -> Iterator[str]:
     """A fresh namespace the relay release's operator watches."""
     core = client.CoreV1Api(kube_api)
     name = f"{PREFIX}{uuid.uuid4().hex[:6]}"
@@ -118,6 +127,23 @@ def namespace(kube_api: client.ApiClient) -> Iterator[str]:
         )
         yield name
     finally:
+        # The jobs go first, while the namespace is still watched: once it is being deleted the
+        # operator no longer sees it (README "Troubleshooting") and a job's finalizer would stay.
+        custom = client.CustomObjectsApi(kube_api)
+        custom.delete_collection_namespaced_custom_object(
+            "codingjob.dev", "v1alpha1", name, "codingjobs"
+        )
+        with contextlib.suppress(AssertionError):
+            wait_for(
+                "the jobs released",
+                lambda: (
+                    not custom.list_namespaced_custom_object(
+                        "codingjob.dev", "v1alpha1", name, "codingjobs"
+                    )["items"]
+                ),
+                120,
+                interval=2,
+            )
         core.delete_namespace(name, propagation_policy="Background")
 
 
@@ -145,10 +171,11 @@ def relayed_job(
 
 
 def test_job_through_the_relay_keeps_the_provider_key_out_of_the_sandbox(
-    provider_key: str, kube_api: client.ApiClient, namespace: str
+    provider_key: str, kube_api: client.ApiClient, job_namespace: str
 ) -> None:
     core = client.CoreV1Api(kube_api)
     api = client.CustomObjectsApi(kube_api)
+    namespace = job_namespace
     # The provider is the relay's default (`scripted`), the one that holds the key: the scripted
     # model answers only with it, so the tokens counted below also show the key reached it.
     job = relayed_job("relayed", "never-finish")
@@ -203,12 +230,13 @@ def test_job_through_the_relay_keeps_the_provider_key_out_of_the_sandbox(
 
 
 def test_the_model_answers_only_through_the_provider_with_the_key(
-    provider_key: str, kube_api: client.ApiClient, namespace: str
+    provider_key: str, kube_api: client.ApiClient, job_namespace: str
 ) -> None:
     """Claims row 47: with the key (provider `scripted`) the job succeeds; without it (provider
     `keyless`, the same model) the model refuses it, and the job fails at once with the reason
     instead of retrying until its deadline."""
     api = client.CustomObjectsApi(kube_api)
+    namespace = job_namespace
     # A deadline far beyond the wait below: a refused key retried as an outage would hold the
     # keyless job Running (ModelDegraded) until then.
     limits = {"activeDeadlineSeconds": 1800}
