@@ -38,6 +38,9 @@ PROVIDER_AUTH_FAILED_CODE = "provider_auth_failed"
 PROVIDER_NOT_CONFIGURED_CODE = "provider_not_configured"
 #: Statuses with which an endpoint refuses the key it was called with.
 _AUTH_REFUSED = frozenset({401, 403})
+#: How a job credential of the relay starts (``codingjob_relay.credentials.PREFIX``): a key
+#: with it means the sidecar talks to the relay, not to a provider.
+RELAY_CREDENTIAL_PREFIX = "cjr1."
 #: Headers of the relay with the job's totals after a call (``codingjob_relay.app.USAGE_HEADERS``).
 USAGE_HEADERS = {
     "prompt": "x-codingjob-prompt-tokens",
@@ -115,6 +118,7 @@ class ModelClient:
             timeout=settings.model_timeout_seconds,
         )
         self._limit_key = "max_tokens"
+        self._through_relay = (settings.model_api_key or "").startswith(RELAY_CREDENTIAL_PREFIX)
         #: Why model calls are failing right now (None when the last call succeeded).
         self.degraded: str | None = None
         self._rng = random.Random()
@@ -195,7 +199,7 @@ class ModelClient:
             if exc.code == BUDGET_EXCEEDED_CODE:
                 # The relay enforces the job's budget; this ends the job as BudgetExceeded.
                 raise ModelCallError(ErrorCode.BUDGET_EXCEEDED, exc.message) from exc
-            refused = _key_refused(status, exc.code)
+            refused = _key_refused(exc, self._through_relay)
             if refused is not None:
                 # A refused key does not heal by retrying: someone must fix the key. Ending the
                 # step now (a model error) ends the job with this reason, instead of retrying
@@ -233,20 +237,26 @@ class ModelClient:
         )
 
 
-def _key_refused(status: int, code: object) -> str | None:
-    """The error message when an answer means the key was refused, else None."""
+def _key_refused(exc: openai.APIStatusError, through_relay: bool) -> str | None:
+    """The error message when an answer means a key was refused, else None."""
+    status, code = exc.status_code, exc.code
     if code == PROVIDER_AUTH_FAILED_CODE:
         return (
             "the model relay's provider refused the relay's API key (provider_auth_failed): "
             "the cluster administrator must fix that provider's key Secret"
         )
-    if status in _AUTH_REFUSED and code != PROVIDER_NOT_CONFIGURED_CODE:
-        named = f" {code}" if isinstance(code, str) and code else ""
-        return (
-            f"the model provider refused the API key (HTTP {status}{named}): "
-            "the key must be fixed (spec.model.apiKeySecretRef)"
-        )
-    return None
+    if status not in _AUTH_REFUSED or code == PROVIDER_NOT_CONFIGURED_CODE:
+        return None
+    if through_relay:
+        # The relay refused the job's credential; its own text names why and holds no key.
+        body = exc.body if isinstance(exc.body, dict) else {}
+        why = body.get("message")
+        return f"the model relay refused the job's credential: {why or exc.message}"
+    named = f" {code}" if isinstance(code, str) and code else ""
+    return (
+        f"the model provider refused the API key (HTTP {status}{named}): "
+        "fix the key in spec.model.apiKeySecretRef"
+    )
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -233,7 +233,8 @@ The operator's rules on namespaced resources, one per purpose (README: Permissio
 
 {{/*
 The relay's providers: the configured ones, else the scripted model when it is enabled (with the
-key it requires, if any), else the operator's default endpoint (keyless: a key would be an author's, and those jobs bypass the relay).
+key it requires, if any), else the operator's default endpoint (keyless: a key would be an
+author's, and those jobs bypass the relay).
 */}}
 {{- define "codingjob-operator.relay.providers" -}}
 {{- if .Values.relay.providers }}

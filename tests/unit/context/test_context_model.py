@@ -46,6 +46,7 @@ async def complete_with(
     error: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
     retry_seconds: float = 0.0,
+    api_key: str = "sk-test",
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Call a provider that answers with ``statuses`` first (with ``error`` as the body's error
     and ``headers``), then 200."""
@@ -65,7 +66,7 @@ async def complete_with(
         settings = Settings(
             model_base_url=str(server.make_url("/v1")),
             model_name="flaky",
-            model_api_key="sk-test",
+            model_api_key=api_key,
             model_temperature=0.3,
             model_max_retries=retries,
             model_retry_seconds=retry_seconds,
@@ -153,6 +154,20 @@ def test_a_relay_refusal_without_the_no_retry_header_still_ends_the_step() -> No
     )
     assert len(seen) == 2
     assert isinstance(refused, ModelCallError) and refused.code is ErrorCode.MODEL_ERROR
+
+
+def test_the_relay_refusing_the_jobs_credential_says_why() -> None:
+    # The relay's own refusal (a job credential, never a provider key) keeps its text.
+    body = {"message": "credential refused: team-a/job is not running", "code": "invalid_api_key"}
+    refused, seen = asyncio.run(
+        complete_with([401], retries=3, error=body, retry_seconds=3600, api_key="cjr1.e30.mac")
+    )
+    assert len(seen) == 1
+    assert isinstance(refused, ModelCallError) and refused.code is ErrorCode.MODEL_ERROR
+    assert str(refused) == (
+        "the model relay refused the job's credential: "
+        "credential refused: team-a/job is not running"
+    )
 
 
 def test_an_unconfigured_relay_provider_is_not_called_a_refused_key() -> None:

@@ -181,3 +181,4 @@ def test_the_sidecar_acts_on_the_relays_codes_and_headers() -> None:
     assert model.PROVIDER_AUTH_FAILED_CODE == app.PROVIDER_AUTH_FAILED
     assert model.USAGE_HEADERS == app.USAGE_HEADERS
     assert model.PROVIDER_NOT_CONFIGURED_CODE == app.PROVIDER_NOT_CONFIGURED
+    assert issue(KEY, claims()).startswith(model.RELAY_CREDENTIAL_PREFIX)
