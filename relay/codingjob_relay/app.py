@@ -59,6 +59,9 @@ USAGE_HEADERS = {
 BUDGET_EXCEEDED = "budget_exceeded"
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 PROVIDER_UNAVAILABLE = "provider_unavailable"
+#: The provider refused the relay's key (401/403); the sidecar ends the step, no retry.
+PROVIDER_AUTH_FAILED = "provider_auth_failed"
+PROVIDER_NOT_CONFIGURED = "provider_not_configured"
 
 
 class RelayError(Exception):
@@ -122,7 +125,7 @@ class Relay:
         if provider is None:
             raise RelayError(
                 403,
-                "provider_not_configured",
+                PROVIDER_NOT_CONFIGURED,
                 f"provider {claims.provider!r} of {claims.job} is not configured in the relay",
             )
         return provider
@@ -388,10 +391,15 @@ def _classify(provider: Provider, exc: BaseException) -> BaseException:
         code = exc.code if isinstance(exc.code, str) else "upstream_error"
         if status in (401, 403):
             # The provider refused the admin's key: not the job's fault, not the job's credential.
+            # The provider's text stays in the relay's log: some providers quote part of the key.
+            log.warning("provider %s refused the relay's key: %s", provider.name, exc.message)
             return RelayError(
                 502,
-                "provider_auth_failed",
-                f"provider {provider.name} refused the relay's key: {exc.message}",
+                PROVIDER_AUTH_FAILED,
+                f"provider {provider.name} refused the relay's key (HTTP {status})",
+                # Not worth retrying (the admin must fix the key): the sidecar's SDK would retry
+                # a 502 otherwise, and the sidecar ends the step as a model error.
+                headers={"x-should-retry": "false"},
             )
         return RelayError(status, code, f"provider {provider.name}: {exc.message}")
     if isinstance(exc, openai.APITimeoutError):

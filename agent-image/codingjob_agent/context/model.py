@@ -3,7 +3,8 @@
 The SDK retries 408/409/429/5xx answers and connection errors with exponential backoff
 (``max_retries``); after that the client keeps retrying with capped, jittered backoff (honouring
 ``Retry-After``) for up to ``model_retry_seconds`` and reports itself degraded meanwhile. What
-still fails becomes :class:`ModelCallError` with the code the agent sees.
+still fails becomes :class:`ModelCallError` with the code the agent sees. A refused key (401/403,
+or the relay's ``provider_auth_failed``) is a model error at once: retrying cannot fix it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ _TRANSIENT = frozenset({408, 409, 429})
 #: Error codes of the model relay (``codingjob_relay.app``) and OpenAI the sidecar acts on.
 BUDGET_EXCEEDED_CODE = "budget_exceeded"
 CONTEXT_LENGTH_EXCEEDED_CODE = "context_length_exceeded"
+#: The relay's provider refused the relay's key (``codingjob_relay.app``; answered with 502).
+PROVIDER_AUTH_FAILED_CODE = "provider_auth_failed"
+#: The relay's 403 for a provider it does not have: about the job's spec, not about a key.
+PROVIDER_NOT_CONFIGURED_CODE = "provider_not_configured"
+#: Statuses with which an endpoint refuses the key it was called with.
+_AUTH_REFUSED = frozenset({401, 403})
+#: How a job credential of the relay starts (``codingjob_relay.credentials.PREFIX``): a key
+#: with it means the sidecar talks to the relay, not to a provider.
+RELAY_CREDENTIAL_PREFIX = "cjr1."
 #: Headers of the relay with the job's totals after a call (``codingjob_relay.app.USAGE_HEADERS``).
 USAGE_HEADERS = {
     "prompt": "x-codingjob-prompt-tokens",
@@ -108,6 +118,7 @@ class ModelClient:
             timeout=settings.model_timeout_seconds,
         )
         self._limit_key = "max_tokens"
+        self._through_relay = (settings.model_api_key or "").startswith(RELAY_CREDENTIAL_PREFIX)
         #: Why model calls are failing right now (None when the last call succeeded).
         self.degraded: str | None = None
         self._rng = random.Random()
@@ -188,6 +199,13 @@ class ModelClient:
             if exc.code == BUDGET_EXCEEDED_CODE:
                 # The relay enforces the job's budget; this ends the job as BudgetExceeded.
                 raise ModelCallError(ErrorCode.BUDGET_EXCEEDED, exc.message) from exc
+            refused = _key_refused(exc, self._through_relay)
+            if refused is not None:
+                # A refused key does not heal by retrying: someone must fix the key. Ending the
+                # step now (a model error) ends the job with this reason, instead of retrying
+                # (ModelDegraded) until the deadline. The provider's own text is left out: some
+                # providers quote part of the key in it.
+                raise ModelCallError(ErrorCode.MODEL_ERROR, refused) from exc
             code = (
                 ErrorCode.MODEL_UNAVAILABLE
                 if status in _TRANSIENT or status >= 500
@@ -217,6 +235,28 @@ class ModelClient:
             completion_tokens=usage.completion_tokens if usage else None,
             relay_usage=relay_usage,
         )
+
+
+def _key_refused(exc: openai.APIStatusError, through_relay: bool) -> str | None:
+    """The error message when an answer means a key was refused, else None."""
+    status, code = exc.status_code, exc.code
+    if code == PROVIDER_AUTH_FAILED_CODE:
+        return (
+            "the model relay's provider refused the relay's API key (provider_auth_failed): "
+            "the cluster administrator must fix that provider's key Secret"
+        )
+    if status not in _AUTH_REFUSED or code == PROVIDER_NOT_CONFIGURED_CODE:
+        return None
+    if through_relay:
+        # The relay refused the job's credential; its own text names why and holds no key.
+        body = exc.body if isinstance(exc.body, dict) else {}
+        why = body.get("message")
+        return f"the model relay refused the job's credential: {why or exc.message}"
+    named = f" {code}" if isinstance(code, str) and code else ""
+    return (
+        f"the model provider refused the API key (HTTP {status}{named}): "
+        "fix the key in spec.model.apiKeySecretRef"
+    )
 
 
 def _retry_after(headers: Any) -> float | None:

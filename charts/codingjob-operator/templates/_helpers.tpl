@@ -232,14 +232,22 @@ The operator's rules on namespaced resources, one per purpose (README: Permissio
 {{- end }}
 
 {{/*
-The relay's providers: the configured ones, else the scripted model when it is enabled, else the
-operator's default endpoint (keyless: a key would be an author's, and those jobs bypass the relay).
+The relay's providers: the configured ones, else the scripted model when it is enabled (with the
+key it requires, if any), else the operator's default endpoint (keyless: a key would be an
+author's, and those jobs bypass the relay).
 */}}
 {{- define "codingjob-operator.relay.providers" -}}
 {{- if .Values.relay.providers }}
 {{- toYaml .Values.relay.providers }}
 {{- else if .Values.scriptedModel.enabled }}
-{{- toYaml (list (dict "name" "scripted" "baseURL" (include "codingjob-operator.scriptedModel.baseURL" .))) }}
+{{- $scripted := dict "name" "scripted" "baseURL" (include "codingjob-operator.scriptedModel.baseURL" .) }}
+{{- with .Values.scriptedModel.apiKeySecret }}
+{{- if .name }}
+{{- /* The key the scripted model requires: the relay holds it, like a real provider's. */}}
+{{- $_ := set $scripted "apiKeySecret" (dict "name" .name "key" .key) }}
+{{- end }}
+{{- end }}
+{{- toYaml (list $scripted) }}
 {{- else if .Values.defaultModel.baseURL }}
 {{- toYaml (list (dict "name" "default" "baseURL" .Values.defaultModel.baseURL)) }}
 {{- else }}

@@ -122,6 +122,66 @@ def test_scripted_model_is_the_default_provider_without_providers(helm: Helm) ->
     assert operator_config(manifests)["CODINGJOB_RELAY_DEFAULT_PROVIDER"] == "scripted"
 
 
+def test_scripted_model_requires_no_key_by_default(helm: Helm) -> None:
+    manifests = helm.render(sets=["scriptedModel.enabled=true"])
+    model = pod_specs(manifests)["scripted-model"]
+    assert not [a for a in model["containers"][0]["command"] if "api-key" in a]
+    assert not [v for v in model["volumes"] if "secret" in v]
+
+
+def test_scripted_model_requires_the_key_of_its_secret(helm: Helm, tmp_path: Path) -> None:
+    manifests = helm.render(
+        sets=[
+            "scriptedModel.enabled=true",
+            "scriptedModel.apiKeySecret.name=model-key",
+            "scriptedModel.apiKeySecret.key=token",
+        ]
+    )
+    model = pod_specs(manifests)["scripted-model"]
+    container = model["containers"][0]
+    assert (
+        container["command"][-1]
+        == "--require-api-key-file=/var/run/secrets/codingjob/api-key/token"
+    )
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "api-key")
+    assert mount == {
+        "name": "api-key",
+        "mountPath": "/var/run/secrets/codingjob/api-key",
+        "readOnly": True,
+    }
+    volume = next(v for v in model["volumes"] if v["name"] == "api-key")
+    assert volume["secret"] == {
+        "secretName": "model-key",
+        "items": [{"key": "token", "path": "token"}],
+    }
+    # Without providers of its own, the relay's provider `scripted` holds the same key, and the
+    # relay reads it where it mounts that Secret.
+    text = find(manifests, "ConfigMap", RELAY)["data"]["relay.yaml"]
+    (tmp_path / "relay.yaml").write_text(text)
+    scripted = RelayConfig.load(tmp_path / "relay.yaml").provider("scripted")
+    assert scripted is not None and scripted.api_key_file is not None
+    relay = pod_specs(manifests)[RELAY]
+    mounts = {m["mountPath"]: m["name"] for m in relay["containers"][0]["volumeMounts"]}
+    assert scripted.api_key_file.name == "token"
+    key_volume = mounts[str(scripted.api_key_file.parent)]
+    assert next(v for v in relay["volumes"] if v["name"] == key_volume)["secret"] == {
+        "secretName": "model-key",
+        "items": [{"key": "token", "path": "token"}],
+    }
+    # The sandboxes never get it: only the relay and the scripted model mount the Secret.
+    for name, spec in pod_specs(manifests).items():
+        secrets = {v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+        assert ("model-key" in secrets) is (name in (RELAY, "scripted-model")), name
+
+
+@pytest.mark.parametrize("half", ["name=model-key", "key=token"])
+def test_scripted_model_key_needs_a_name_and_a_key(helm: Helm, half: str) -> None:
+    error = helm.render_error(
+        sets=["scriptedModel.enabled=true", f"scriptedModel.apiKeySecret.{half}"]
+    )
+    assert "scriptedModel.apiKeySecret needs both name and key" in error
+
+
 def _demo_relay_config(helm: Helm, tmp_path: Path, base_url: str) -> list[dict[str, object]]:
     """The relay providers `make demo` configures for LLM_BASE_URL (hack/demo_job.py values,
     rendered by the chart), with the key file where the provider Secret would be mounted."""

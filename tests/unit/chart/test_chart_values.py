@@ -52,6 +52,8 @@ def test_schema_describes_every_top_level_value() -> None:
         (["minio.persistence.size=lots"], "/minio/persistence/size"),
         (["healthPort=70000"], "/healthPort"),
         (["scriptedModel.turnDelaySeconds=-1"], "/scriptedModel/turnDelaySeconds"),
+        (["scriptedModel.apiKeySecret.name=Model_Key"], "/scriptedModel/apiKeySecret/name"),
+        (["scriptedModel.apiKeySecret.key=a/b"], "/scriptedModel/apiKeySecret/key"),
         (["defaultModel.baseURL=api.openai.com"], "/defaultModel/baseURL"),
         (["watchNamespaces={Team_A}"], "/watchNamespaces"),
         (["jobs.agentImage.tag="], "/jobs/agentImage/tag"),

@@ -22,6 +22,7 @@ from codingjob_agent.context.summarize import SUMMARY_HEADER
 from codingjob_agent.context.tokens import counter_for
 from codingjob_agent.protocol import JOURNAL_PATH, TRANSCRIPT_PATH, ConversationState, StepResponse
 
+from tests.fixtures.relay import ModelRelay
 from tests.fixtures.scripted_model import ContextManager, ScriptedModel
 
 COUNTER = counter_for("cl100k_base")
@@ -373,6 +374,35 @@ def test_an_unreachable_model_is_unavailable(
     status, error = step(cm, FIRST)
     assert (status, error["error"]) == (503, "ModelUnavailable")
     assert state(cm).messages == 2
+
+
+def test_a_provider_refusing_the_relays_key_fails_the_step_at_once(
+    scripted_model: Model,
+    context_manager: Start,
+    model_relay: Callable[..., ModelRelay],
+    tmp_path: Path,
+) -> None:
+    """Sidecar, relay and a provider that requires a key the relay does not send: the step fails
+    ModelError at once, although the SDK may retry and the sidecar may wait an hour."""
+    locked = scripted_model(scenario(1), api_key="sk-provider-secret")
+    relay = model_relay([{"name": "keyless", "baseURL": locked.base_url}])
+    cm = context_manager(
+        locked,
+        tmp_path,
+        MODEL_BASE_URL=relay.base_url,
+        MODEL_API_KEY=relay.credential("keyless"),
+        MODEL_MAX_RETRIES=5,
+        MODEL_RETRY_SECONDS=3600,
+    )
+    start = time.monotonic()
+    status, error = step(cm, FIRST)
+    assert time.monotonic() - start < 10
+    assert (status, error["error"]) == (502, "ModelError")
+    assert "refused the relay's API key" in error["message"]
+    # Neither the provider's text nor its key, and not reported as an outage.
+    assert "incorrect or missing" not in error["message"]
+    assert "sk-provider-secret" not in json.dumps(error)
+    assert request("GET", f"{cm.stats_url}/stats")[1]["modelDegraded"] is None
 
 
 @pytest.mark.parametrize(

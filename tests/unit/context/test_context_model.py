@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +40,24 @@ ANSWER = {
 }
 
 
-async def complete_with(statuses: list[int], retries: int) -> tuple[Any, list[dict[str, Any]]]:
-    """Call a provider that answers with ``statuses`` first, then 200."""
+async def complete_with(
+    statuses: list[int],
+    retries: int,
+    error: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    retry_seconds: float = 0.0,
+    api_key: str = "sk-test",
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Call a provider that answers with ``statuses`` first (with ``error`` as the body's error
+    and ``headers``), then 200."""
     seen: list[dict[str, Any]] = []
 
     async def handler(request: web.Request) -> web.Response:
         seen.append(await request.json())
         if len(seen) <= len(statuses):
             status = statuses[len(seen) - 1]
-            return web.json_response({"error": {"message": f"status {status}"}}, status=status)
+            body = error or {"message": f"status {status}"}
+            return web.json_response({"error": body}, status=status, headers=headers)
         return web.json_response(ANSWER)
 
     app = web.Application()
@@ -56,9 +66,10 @@ async def complete_with(statuses: list[int], retries: int) -> tuple[Any, list[di
         settings = Settings(
             model_base_url=str(server.make_url("/v1")),
             model_name="flaky",
-            model_api_key="sk-test",
+            model_api_key=api_key,
             model_temperature=0.3,
             model_max_retries=retries,
+            model_retry_seconds=retry_seconds,
             workspace=Path("."),
         )
         client = ModelClient(settings)
@@ -85,12 +96,89 @@ def test_transient_errors_past_the_retries_mean_unavailable() -> None:
     assert isinstance(error, ModelCallError) and error.code is ErrorCode.MODEL_UNAVAILABLE
 
 
-@pytest.mark.parametrize("status", [400, 401, 404, 422])
+@pytest.mark.parametrize("status", [400, 404, 422])
 def test_client_errors_are_not_retried(status: int) -> None:
     error, seen = asyncio.run(complete_with([status], retries=3))
     assert len(seen) == 1
     assert isinstance(error, ModelCallError) and error.code is ErrorCode.MODEL_ERROR
     assert f"status {status}" in str(error)
+
+
+#: What OpenAI answers to a wrong key: its message quotes the key's ends.
+LEAKY_REFUSAL = {
+    "message": "Incorrect API key provided: sk-proj-****9f2c. You can find your API key at ...",
+    "type": "invalid_request_error",
+    "code": "invalid_api_key",
+}
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "headers", "says"),
+    [
+        # A provider called directly (spec.model.baseURL with apiKeySecretRef).
+        (401, LEAKY_REFUSAL, None, "the model provider refused the API key (HTTP 401"),
+        (403, {"message": "sk-proj-****9f2c may not use this model"}, None, "HTTP 403"),
+        # The relay, whose provider refused the admin's key, as codingjob_relay answers it.
+        (
+            502,
+            {
+                "message": "provider scripted refused the relay's key (HTTP 401)",
+                "type": "provider_auth_failed",
+                "code": "provider_auth_failed",
+            },
+            {"x-should-retry": "false"},
+            "the model relay's provider refused the relay's API key",
+        ),
+    ],
+)
+def test_a_refused_key_ends_the_step_at_once(
+    status: int, error: dict[str, Any], headers: dict[str, str] | None, says: str
+) -> None:
+    # Even with retries left and an hour to retry in: a refused key does not heal by waiting.
+    start = time.monotonic()
+    refused, seen = asyncio.run(
+        complete_with([status] * 10, retries=3, error=error, headers=headers, retry_seconds=3600)
+    )
+    assert time.monotonic() - start < 10
+    assert len(seen) == 1
+    assert isinstance(refused, ModelCallError) and refused.code is ErrorCode.MODEL_ERROR
+    assert says in str(refused)
+    assert "sk-" not in str(refused), "the provider's text (with part of the key) is not passed on"
+
+
+def test_a_relay_refusal_without_the_no_retry_header_still_ends_the_step() -> None:
+    # An older relay sends no x-should-retry: the SDK retries the 502, then the step ends.
+    body = {"message": "provider p refused the relay's key", "code": "provider_auth_failed"}
+    refused, seen = asyncio.run(
+        complete_with([502] * 10, retries=1, error=body, retry_seconds=3600)
+    )
+    assert len(seen) == 2
+    assert isinstance(refused, ModelCallError) and refused.code is ErrorCode.MODEL_ERROR
+
+
+def test_the_relay_refusing_the_jobs_credential_says_why() -> None:
+    # The relay's own refusal (a job credential, never a provider key) keeps its text.
+    body = {"message": "credential refused: team-a/job is not running", "code": "invalid_api_key"}
+    refused, seen = asyncio.run(
+        complete_with([401], retries=3, error=body, retry_seconds=3600, api_key="cjr1.e30.mac")
+    )
+    assert len(seen) == 1
+    assert isinstance(refused, ModelCallError) and refused.code is ErrorCode.MODEL_ERROR
+    assert str(refused) == (
+        "the model relay refused the job's credential: "
+        "credential refused: team-a/job is not running"
+    )
+
+
+def test_an_unconfigured_relay_provider_is_not_called_a_refused_key() -> None:
+    body = {
+        "message": "provider 'x' of ns/job is not configured",
+        "code": "provider_not_configured",
+    }
+    refused, seen = asyncio.run(complete_with([403], retries=3, error=body))
+    assert len(seen) == 1
+    assert isinstance(refused, ModelCallError) and refused.code is ErrorCode.MODEL_ERROR
+    assert "not configured" in str(refused) and "API key" not in str(refused)
 
 
 def test_an_unreachable_provider_is_unavailable(free_tcp_port: int) -> None:

@@ -168,3 +168,17 @@ def test_a_second_relay_on_the_journal_waits_for_the_first_to_stop(tmp_path) -> 
     thread.join(10)
     assert successor.get("uid-1") == Usage(prompt=15, calls=2)
     successor.close()
+
+
+def test_the_sidecar_acts_on_the_relays_codes_and_headers() -> None:
+    # Two images, one contract: the sidecar (agent image) keeps its own copy of the relay's
+    # error codes and usage headers, since the agent image does not ship the relay.
+    from codingjob_agent.context import model
+    from codingjob_relay import app
+
+    assert model.BUDGET_EXCEEDED_CODE == app.BUDGET_EXCEEDED
+    assert model.CONTEXT_LENGTH_EXCEEDED_CODE == app.CONTEXT_LENGTH_EXCEEDED
+    assert model.PROVIDER_AUTH_FAILED_CODE == app.PROVIDER_AUTH_FAILED
+    assert model.USAGE_HEADERS == app.USAGE_HEADERS
+    assert model.PROVIDER_NOT_CONFIGURED_CODE == app.PROVIDER_NOT_CONFIGURED
+    assert issue(KEY, claims()).startswith(model.RELAY_CREDENTIAL_PREFIX)

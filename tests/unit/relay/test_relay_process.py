@@ -297,6 +297,11 @@ def test_provider_key_is_sent_and_required(
         step(relay, relay.credential("keyless"), locked)
     assert refused.value.status_code == 502
     assert refused.value.code == "provider_auth_failed"
+    # Not worth retrying: the sidecar's SDK takes the header and does not retry the 502.
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    # The provider's own text (some quote part of the key) stays in the relay's log.
+    assert "incorrect or missing API key" not in refused.value.message
+    assert "incorrect or missing API key" in relay.server.log()
     assert "sk-provider-secret" not in relay.server.log()
 
 
