@@ -26,7 +26,14 @@ from codingjob_operator import builders, classes, names
 from codingjob_operator import conditions as c
 from codingjob_operator.classmodels import CodingJobClass
 from codingjob_operator.config import OperatorConfig
-from codingjob_operator.kube import InvalidObject, Kube, KubeError, NameConflict, controlled_by
+from codingjob_operator.kube import (
+    InvalidObject,
+    Kube,
+    KubeError,
+    NameConflict,
+    api_message,
+    controlled_by,
+)
 from codingjob_operator.logformat import JOB, job_ref
 from codingjob_operator.metrics import Metrics, PassFacts
 from codingjob_operator.models import (
@@ -604,12 +611,33 @@ class Reconciler:
             elif action == Action.DELETE_ARCHIVE_JOB:
                 self.kube.delete("Job", ns, job.names.archive_job, owner_uid=uid)
             elif action == Action.CLEANUP:
-                # Only now, with the archive confirmed in storage, may the workspace go.
-                self.kube.delete("Pod", ns, job.names.pod, owner_uid=uid)
-                self.kube.delete("Job", ns, job.names.archive_job, owner_uid=uid)
-                self.kube.delete("Secret", ns, job.names.archive_secret, owner_uid=uid)
-                self.kube.delete("PersistentVolumeClaim", ns, job.names.workspace, owner_uid=uid)
-                self._patch(ns, job.name, {"cleanedUp": True})
+                self._cleanup(job)
+
+    def _cleanup(self, job: builders.JobRef) -> None:
+        """Free what the confirmed archive replaces: the agent pod, the archiver, its Secret and
+        the workspace PVC, then record ``cleanedUp``.
+
+        Only now, with the archive confirmed in storage and recorded in the status (the patch
+        before the actions), may the workspace go. A delete the API server refuses (an admission
+        policy, a lost connection) keeps the object and raises RetryLater: the next pass, of
+        this replica or of a successor, finds the recorded artifact without ``cleanedUp`` and
+        cleans up again; the archive is never made twice."""
+        ns, uid = job.namespace, job.uid
+        children = [
+            ("Pod", job.names.pod),
+            ("Job", job.names.archive_job),
+            ("Secret", job.names.archive_secret),
+            ("PersistentVolumeClaim", job.names.workspace),
+        ]
+        for kind, child in children:
+            try:
+                self.kube.delete(kind, ns, child, owner_uid=uid)
+            except KubeError as error:
+                raise RetryLater(
+                    f"the archive is confirmed and recorded, but deleting {kind} {ns}/{child} "
+                    f"failed (kept, retried): {api_message(error)}"
+                ) from error
+        self._patch(ns, job.name, {"cleanedUp": True})
 
     def _adopt(self, owner: kopf.Body, manifest: dict[str, Any]) -> dict[str, Any]:
         # Owner references make the garbage collector remove every child with the CodingJob;
