@@ -253,10 +253,18 @@ class Reconciler:
         if Action.CHECK_STORAGE in decision.actions or Action.CONFIRM_ARCHIVE in decision.actions:
             obs = replace(obs, storage=self._storage(job, decision, obs))
             decision = derive_status(obs)
+        after = {**status, **decision.patch}
         try:
             self._apply(owner, job, spec, obs, decision, resolved)
         except StatusRejected:
             return PassResult(MAX_DELAY)
+        except RetryLater:
+            # The status went through (it is patched before any action): what the pass changed
+            # (a job that finished, its archive's size) is counted now, not lost with the retry,
+            # whose pass starts from the patched status and so sees no transition.
+            if self.metrics is not None:
+                self.metrics.record_pass(self._facts(obj, spec, obs, after))
+            raise
         except NameConflict as error:
             # Someone else's object holds a child's name: never mount, patch or adopt it.
             self._fail(owner, job, obs, c.NAME_CONFLICT, str(error))
@@ -267,7 +275,6 @@ class Reconciler:
             message = f"no archiver credentials: {error}"
             self._fail(owner, job, obs, c.ARCHIVE_FAILED, message, archived=message)
             return PassResult(MAX_DELAY)
-        after = {**status, **decision.patch}
         if self.metrics is not None:
             self.metrics.record_pass(self._facts(obj, spec, obs, after))
         return PassResult(self._next_delay(job, spec, after))

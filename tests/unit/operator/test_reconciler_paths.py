@@ -697,6 +697,7 @@ def test_a_refused_workspace_delete_keeps_the_recorded_archive_and_is_retried(
     first, a refused PVC delete is a retryable error that names the PVC and the refusal, and the
     next pass (a successor's as well) only cleans up: no second archiver, no second upload."""
     w = make()
+    w.reconciler.metrics = Metrics()
     to_archiving(w)
     w.run()
     stored(w)
@@ -717,9 +718,12 @@ def test_a_refused_workspace_delete_keeps_the_recorded_archive_and_is_retried(
     assert not w.status.get("cleanedUp")
     assert w.kube.get("PersistentVolumeClaim", NS, CHILD.workspace) is not None
     assert w.kube.get("Job", NS, CHILD.archive_job) is None
-    # Still refused: retried again, nothing else done.
+    # The pass that finished the job is counted, though its cleanup is retried.
+    assert _finished(w.reconciler.metrics) == 1
+    # Still refused: retried again, nothing else done (and not counted twice).
     with pytest.raises(RetryLater):
         w.run()
+    assert _finished(w.reconciler.metrics) == 1
     # The refusal lifted: a fresh reconciler (a successor replica) only finishes the cleanup.
     del w.kube.refuse_deletes["PersistentVolumeClaim"]
     successor = Reconciler(w.kube, w.reconciler.config, w.store, clock=w.clock)  # type: ignore[arg-type]
@@ -1134,6 +1138,16 @@ def _supervise(outcomes: list[Exception | None], monkeypatch: pytest.MonkeyPatch
         )
     )
     return types.SimpleNamespace(sleeps=sleeps, metrics=memo.metrics)
+
+
+def _finished(metrics: Any) -> float:
+    """Jobs counted as finished, over every label set."""
+    return sum(
+        sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "codingjob_jobs_finished_total"
+    )
 
 
 def _errors(metrics: Any, kind: str) -> float:
