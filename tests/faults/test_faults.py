@@ -859,7 +859,7 @@ def case_operator_killed_before_pvc_delete(run: Run, campaign: Campaign) -> None
             recorded = status.get("artifact") and status.get("phase") == "Succeeded"
             return status if recorded and kept and not status.get("cleanedUp") else None
 
-        # Confirmed and recorded, the archiver gone (deleted just before the PVC), the PVC kept.
+        # Confirmed and recorded in the status, the PVC kept: the operator is in the window.
         wait_for("the archive recorded, the PVC kept", held, 300, interval=0.5)
         with campaign.operator_kill:
             active = active_replica(campaign.custom)
