@@ -135,8 +135,12 @@ while kill -0 "$agent_pid" 2>/dev/null; do
   code=$?
 done
 
-result="$CODINGJOB_WORKSPACE/.codingjob/result.json"
-if [ "$code" != 0 ] && { [ ! -f "$result" ] || [ "$(stat -c %Y "$result")" -lt "$started_at" ]; }; then
+# The agent's own record of this run: result.json, or its termination message alone when the
+# workspace had no room left for result.json (reason WorkspaceFull), which must not be
+# overwritten with a vaguer AgentError.
+recorded() { [ -s "$1" ] && [ "$(stat -c %Y "$1")" -ge "$started_at" ]; }
+if [ "$code" != 0 ] && ! recorded "$CODINGJOB_WORKSPACE/.codingjob/result.json" &&
+  ! recorded "${CODINGJOB_TERMINATION_LOG:-/dev/termination-log}"; then
   codingjob-agent report --reason AgentError --message "the agent exited with code $code" || true
 fi
 

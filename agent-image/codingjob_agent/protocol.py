@@ -149,6 +149,9 @@ class ErrorCode(StrEnum):
     CONTEXT_OVERFLOW = "ContextOverflow"
     MODEL_ERROR = "ModelError"
     MODEL_UNAVAILABLE = "ModelUnavailable"
+    #: The workspace volume is full (ENOSPC, EDQUOT): the step cannot be stored, and an
+    #: unstored step is never answered.
+    WORKSPACE_FULL = "WorkspaceFull"
 
 
 class ErrorBody(_Strict):
@@ -173,6 +176,7 @@ class AgentReason(StrEnum):
     MODEL_ERROR = "ModelError"
     TERMINATED = "Terminated"
     INVALID_ENVIRONMENT = "InvalidEnvironment"
+    WORKSPACE_FULL = "WorkspaceFull"
 
 
 class AgentResult(_Strict):

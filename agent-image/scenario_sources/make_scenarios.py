@@ -253,6 +253,44 @@ def scenarios() -> dict[str, Any]:
         ],
         "afterLastTurn": "error",
     }
+    # The workspace-full case of the fault campaign: on a small volume the test made, the agent
+    # writes past its size after the gate (the test writes its files first). The output is over
+    # a filesystem block, so storing the tool result needs a new block the full volume does not
+    # have: the step fails there (WorkspaceFull), and the last turn is reached only if it did not.
+    full = {
+        "description": "Scripted test model (a fixture): makes gate/, waits until the test "
+        "creates gate/go, then writes past the size of the workspace volume (No space left on "
+        "device) and leaves it full; for the fault campaign's workspace-full case.",
+        "turns": [
+            turn(
+                "Opening the gate directory.", call("bash", command="mkdir -p gate && echo ready")
+            ),
+            turn(
+                "Waiting at the gate.",
+                call(
+                    "bash",
+                    command="until [ -e gate/go ]; do sleep 0.5; done; echo gate released",
+                    timeout=3000,
+                ),
+                expect=["ready"],
+            ),
+            turn(
+                "Writing a large file.",
+                call(
+                    "bash",
+                    command='head -c 1G /dev/zero > fill.bin; echo "exit $?"; df -k .; '
+                    "seq 100001 101000",
+                ),
+                expect=["gate released"],
+            ),
+            turn(
+                None,
+                call("finish", summary="The workspace is full.", success=False),
+                expect=["No space left on device"],
+            ),
+        ],
+        "afterLastTurn": "error",
+    }
     probe = (HERE / "adversary" / "adversary_probe.py").read_text()
     adversary = {
         "description": "Scripted test model (a fixture): the adversary. Writes a probe script "
@@ -289,6 +327,7 @@ def scenarios() -> dict[str, Any]:
     return {
         "adversary": adversary,
         "gated": gated,
+        "disk-full": full,
         "todo-app": todo,
         "fail": fail,
         "never-finish": never,

@@ -11,33 +11,9 @@ shopt -s globstar nullglob
 exec {lock}>"$RUN_DIR.lock"
 flock -w 900 "$lock" || die "another hack/cluster/up.sh or down.sh has held $RUN_DIR.lock for 15 min"
 
-any_alive() {
-  local p
-  for p in "$@"; do [ -d "/proc/$p" ] && return 0; done
-  return 1
-}
-
-# stop NAME...: SIGTERM the components, SIGKILL whatever still runs after 10 s.
-stop() {
-  local name pids=() pid i
-  for name in "$@"; do
-    if pid_alive "$name"; then
-      pid="$(cat "$RUN_DIR/$name.pid")"
-      log "stopping $name (pid $pid)"
-      kill "$pid" 2>/dev/null && pids+=("$pid")
-    fi
-    rm -f "$RUN_DIR/$name.pid"
-  done
-  for ((i = 0; i < 20; i++)); do
-    any_alive "${pids[@]}" || break
-    sleep 0.5
-  done
-  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null; done
-}
-
 # The kubelet first, so it restarts nothing while the rest goes down.
-stop kubelet
-stop kube-router kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd
+stop_components kubelet
+stop_components kube-router kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd
 
 # Every pod process lives in the kubelet's kubepods cgroups: kill them all, then the shims of our
 # containerd (found by its socket, which no other containerd uses), then containerd itself.
@@ -50,7 +26,7 @@ for cmdline in /proc/[0-9]*/cmdline; do
     kill -9 "${pid%/cmdline}" 2>/dev/null
   fi
 done
-stop containerd
+stop_components containerd
 
 # Mounts: pod volumes, container root filesystems, network namespaces made by our CNI.
 for root in "$CLUSTER_DIR" "$RUN_DIR"; do

@@ -84,6 +84,33 @@ pid_alive() {
   [ "$(basename "${exe% (deleted)}")" = "$(basename "$1")" ]
 }
 
+# stop_components NAME...: SIGTERM the components, SIGKILL whatever still runs after 10 s, and
+# remove their pid files (up.sh then starts them again).
+stop_components() {
+  local name pids=() pid i
+  for name in "$@"; do
+    if pid_alive "$name"; then
+      pid="$(cat "$RUN_DIR/$name.pid")"
+      log "stopping $name (pid $pid)"
+      kill "$pid" 2>/dev/null && pids+=("$pid")
+    fi
+    rm -f "$RUN_DIR/$name.pid"
+  done
+  for ((i = 0; i < 20; i++)); do
+    any_alive "${pids[@]}" || break
+    sleep 0.5
+  done
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null; done
+  return 0
+}
+
+# any_alive PID...: one of the processes still exists.
+any_alive() {
+  local p
+  for p in "$@"; do [ -d "/proc/$p" ] && return 0; done
+  return 1
+}
+
 # wait_for DESCRIPTION SECONDS COMMAND... polls COMMAND once a second until it succeeds.
 wait_for() {
   local what="$1" timeout="$2" i

@@ -71,6 +71,18 @@ def _terminating(body: str) -> bool:
     return any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes)
 
 
+def api_message(error: KubeError) -> str:
+    """The API server's own words for ``error``: the ``message`` of its Status (which names the
+    object and, for an admission denial, the policy and binding), else the error's text."""
+    text = str(error)
+    try:
+        status = json.loads(text)
+    except ValueError:
+        return text
+    message = status.get("message") if isinstance(status, dict) else None
+    return message if isinstance(message, str) and message else text
+
+
 def _wrap(func: Callable[[], T]) -> T:
     try:
         return func()

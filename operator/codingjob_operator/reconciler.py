@@ -26,7 +26,14 @@ from codingjob_operator import builders, classes, names
 from codingjob_operator import conditions as c
 from codingjob_operator.classmodels import CodingJobClass
 from codingjob_operator.config import OperatorConfig
-from codingjob_operator.kube import InvalidObject, Kube, KubeError, NameConflict, controlled_by
+from codingjob_operator.kube import (
+    InvalidObject,
+    Kube,
+    KubeError,
+    NameConflict,
+    api_message,
+    controlled_by,
+)
 from codingjob_operator.logformat import JOB, job_ref
 from codingjob_operator.metrics import Metrics, PassFacts
 from codingjob_operator.models import (
@@ -246,10 +253,18 @@ class Reconciler:
         if Action.CHECK_STORAGE in decision.actions or Action.CONFIRM_ARCHIVE in decision.actions:
             obs = replace(obs, storage=self._storage(job, decision, obs))
             decision = derive_status(obs)
+        after = {**status, **decision.patch}
         try:
             self._apply(owner, job, spec, obs, decision, resolved)
         except StatusRejected:
             return PassResult(MAX_DELAY)
+        except RetryLater:
+            # The status went through (it is patched before any action): what the pass changed
+            # (a job that finished, its archive's size) is counted now, not lost with the retry,
+            # whose pass starts from the patched status and so sees no transition.
+            if self.metrics is not None:
+                self.metrics.record_pass(self._facts(obj, spec, obs, after))
+            raise
         except NameConflict as error:
             # Someone else's object holds a child's name: never mount, patch or adopt it.
             self._fail(owner, job, obs, c.NAME_CONFLICT, str(error))
@@ -260,7 +275,6 @@ class Reconciler:
             message = f"no archiver credentials: {error}"
             self._fail(owner, job, obs, c.ARCHIVE_FAILED, message, archived=message)
             return PassResult(MAX_DELAY)
-        after = {**status, **decision.patch}
         if self.metrics is not None:
             self.metrics.record_pass(self._facts(obj, spec, obs, after))
         return PassResult(self._next_delay(job, spec, after))
@@ -604,12 +618,33 @@ class Reconciler:
             elif action == Action.DELETE_ARCHIVE_JOB:
                 self.kube.delete("Job", ns, job.names.archive_job, owner_uid=uid)
             elif action == Action.CLEANUP:
-                # Only now, with the archive confirmed in storage, may the workspace go.
-                self.kube.delete("Pod", ns, job.names.pod, owner_uid=uid)
-                self.kube.delete("Job", ns, job.names.archive_job, owner_uid=uid)
-                self.kube.delete("Secret", ns, job.names.archive_secret, owner_uid=uid)
-                self.kube.delete("PersistentVolumeClaim", ns, job.names.workspace, owner_uid=uid)
-                self._patch(ns, job.name, {"cleanedUp": True})
+                self._cleanup(job)
+
+    def _cleanup(self, job: builders.JobRef) -> None:
+        """Free what the confirmed archive replaces: the agent pod, the archiver, its Secret and
+        the workspace PVC, then record ``cleanedUp``.
+
+        Only now, with the archive confirmed in storage and recorded in the status (the patch
+        before the actions), may the workspace go. A delete the API server refuses (an admission
+        policy, a lost connection) keeps the object and raises RetryLater: the next pass, of
+        this replica or of a successor, finds the recorded artifact without ``cleanedUp`` and
+        cleans up again; the archive is never made twice."""
+        ns, uid = job.namespace, job.uid
+        children = [
+            ("Pod", job.names.pod),
+            ("Job", job.names.archive_job),
+            ("Secret", job.names.archive_secret),
+            ("PersistentVolumeClaim", job.names.workspace),
+        ]
+        for kind, child in children:
+            try:
+                self.kube.delete(kind, ns, child, owner_uid=uid)
+            except KubeError as error:
+                raise RetryLater(
+                    f"the archive is confirmed and recorded, but deleting {kind} {ns}/{child} "
+                    f"failed (kept, retried): {api_message(error)}"
+                ) from error
+        self._patch(ns, job.name, {"cleanedUp": True})
 
     def _adopt(self, owner: kopf.Body, manifest: dict[str, Any]) -> dict[str, Any]:
         # Owner references make the garbage collector remove every child with the CodingJob;

@@ -26,6 +26,7 @@ AGENT_REASONS = frozenset(
         "ModelError",
         "Terminated",
         "InvalidEnvironment",
+        "WorkspaceFull",
     }
 )
 #: Longest message kept from the sandbox.

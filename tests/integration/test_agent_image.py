@@ -133,6 +133,58 @@ def test_local_tool_errors_come_back_as_results(local_run: Callable[[str], Local
     assert (run.workspace / "notes.txt").read_text() == "alpha\nBETA\nalpha\n"
 
 
+@pytest.fixture
+def small_workspace(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB ext4 filesystem on a loop device (no blocks reserved for root), mounted as the
+    workspace: a volume that can be filled."""
+    if os.geteuid() != 0 or not (shutil.which("losetup") and shutil.which("mkfs.ext4")):
+        unavailable("a small filesystem needs root, losetup and mkfs.ext4")
+    image, mount = tmp_path / "workspace.img", tmp_path / "workspace"
+    subprocess.run(["truncate", "-s", "64M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
+    device = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    mount.mkdir()
+    try:
+        subprocess.run(["mount", device, str(mount)], check=True)
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        subprocess.run(["losetup", "-d", device], check=False)
+
+
+def test_local_full_workspace_ends_workspace_full(
+    small_workspace: Path,
+    scripted_model: Callable[..., ScriptedModel],
+    context_manager: Callable[..., ContextManager],
+) -> None:
+    """The agent fills the workspace volume: the step that reports ENOSPC cannot be stored, the
+    run ends WorkspaceFull (in the termination message: result.json does not fit), and the
+    files written before are intact."""
+    model = scripted_model("disk-full")
+    run = LocalRun(small_workspace, model, context_manager(model, small_workspace))
+    run.workspace.parent.joinpath("termination-log").write_text("")
+    proc = run.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (small_workspace / "gate").is_dir():
+            assert proc.poll() is None and time.monotonic() < deadline, "the agent never got there"
+            time.sleep(0.2)
+        notes = secrets.token_hex(512)
+        (small_workspace / "notes.txt").write_text(notes)
+        (small_workspace / "gate" / "go").touch()
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, out
+    message = run.termination_message()
+    assert (message["outcome"], message["reason"]) == ("Failed", "WorkspaceFull"), out
+    assert "No space left on device" in message["message"], message
+    assert (small_workspace / "notes.txt").read_text() == notes
+    assert (small_workspace / "fill.bin").stat().st_size > 32 << 20
+
+
 def test_local_agent_gives_up(local_run: Callable[[str], LocalRun]) -> None:
     run = local_run("fail")
     code, out = run.run()

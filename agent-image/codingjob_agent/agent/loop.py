@@ -47,6 +47,7 @@ _GATEWAY_REASONS = {
     ErrorCode.CONTEXT_OVERFLOW: AgentReason.CONTEXT_OVERFLOW,
     ErrorCode.MODEL_ERROR: AgentReason.MODEL_ERROR,
     ErrorCode.MODEL_UNAVAILABLE: AgentReason.MODEL_ERROR,
+    ErrorCode.WORKSPACE_FULL: AgentReason.WORKSPACE_FULL,
 }
 
 

@@ -13,13 +13,22 @@ from codingjob_agent.protocol import RESULT_PATH, AgentResult
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_result(result: AgentResult, workspace: Path, termination_log: Path) -> None:
     """Write ``result`` to ``<workspace>/.codingjob/result.json`` and the termination log."""
-    _atomic_write(workspace / RESULT_PATH, result.model_dump_json(indent=2) + "\n")
+    try:
+        _atomic_write(workspace / RESULT_PATH, result.model_dump_json(indent=2) + "\n")
+    except OSError as e:
+        # A full workspace: the termination message (the record the operator reads) must still
+        # be written.
+        print(f"cannot write {RESULT_PATH} in the workspace: {e}", file=sys.stderr)
     try:
         termination_log.write_text(result.termination_message(), encoding="utf-8")
     except OSError as e:

@@ -7,6 +7,7 @@ record is written, so a refused step leaves the stored context as it was.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
@@ -44,7 +45,10 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.CONTEXT_OVERFLOW: 409,
     ErrorCode.MODEL_ERROR: 502,
     ErrorCode.MODEL_UNAVAILABLE: 503,
+    ErrorCode.WORKSPACE_FULL: 507,
 }
+#: Write errors that mean the workspace volume has no room left.
+FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class StepError(RuntimeError):
@@ -183,7 +187,18 @@ class ContextService:
         """Add the request's messages, fit the window, and return the model's answer."""
         async with self._lock:
             try:
-                return await self._step(request)
+                try:
+                    return await self._step(request)
+                except OSError as exc:
+                    if exc.errno not in FULL:
+                        raise
+                    # The journal is cut back to its last whole record (Journal.append), so
+                    # nothing of this step was stored or applied: the same step may be sent
+                    # again once there is room.
+                    raise StepError(
+                        ErrorCode.WORKSPACE_FULL,
+                        f"the workspace volume is full, the step cannot be stored: {exc.strerror}",
+                    ) from exc
             except StepError as exc:
                 log.error("step failed: %s: %s", exc.code.value, exc)
                 raise
@@ -195,8 +210,14 @@ class ContextService:
         self.journal.append(events)
         for event in events:
             self.conversation.apply(event)
-            if event.get("op") == "messages":
-                self.transcript.messages(event["messages"])
+        # The transcript is for people and never read back: a write it cannot make (a full
+        # workspace) must not leave stored events unapplied, nor fail a stored step.
+        try:
+            for event in events:
+                if event.get("op") == "messages":
+                    self.transcript.messages(event["messages"])
+        except OSError as exc:
+            log.warning("transcript not written: %s", exc)
 
     def _fail(self, code: ErrorCode, message: str, *, persist: bool = True) -> StepError:
         """A StepError; a failed step (``persist``) is counted in the stats and the journal,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from codingjob_agent.agent.__main__ import main
@@ -63,6 +65,29 @@ def test_write_result_and_termination_message(tmp_path: Path) -> None:
     assert len(log.read_bytes()) <= 4096
     # An unwritable termination log (outside Kubernetes) does not lose result.json.
     write_result(result, tmp_path, tmp_path / "missing-dir" / "log")
+
+
+def test_a_full_workspace_still_gets_the_termination_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """result.json cannot be written on a full workspace: the termination message, which the
+    operator reads, still says why the run ended, and no half-written file is left."""
+    result = AgentResult(
+        outcome=Outcome.FAILED, reason=AgentReason.WORKSPACE_FULL, message="the volume is full"
+    )
+    real_write_text = Path.write_text
+
+    def full(self: Path, *args: Any, **kwargs: Any) -> int:
+        if self.parent.name == ".codingjob":
+            real_write_text(self, "{", encoding="utf-8")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    log = tmp_path / "termination-log"
+    write_result(result, tmp_path, log)
+    assert json.loads(log.read_text())["reason"] == "WorkspaceFull"
+    assert list((tmp_path / ".codingjob").iterdir()) == []
 
 
 def test_report_command_writes_a_failed_result(

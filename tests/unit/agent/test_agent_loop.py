@@ -239,6 +239,7 @@ def test_sigterm_stops_the_run_and_kills_the_command(tmp_path: Path) -> None:
         (ErrorCode.MAX_STEPS_EXCEEDED, AgentReason.MAX_STEPS_EXCEEDED),
         (ErrorCode.CONTEXT_OVERFLOW, AgentReason.CONTEXT_OVERFLOW),
         (ErrorCode.MODEL_UNAVAILABLE, AgentReason.MODEL_ERROR),
+        (ErrorCode.WORKSPACE_FULL, AgentReason.WORKSPACE_FULL),
         (ErrorCode.BAD_REQUEST, AgentReason.AGENT_ERROR),
         (None, AgentReason.AGENT_ERROR),
     ],

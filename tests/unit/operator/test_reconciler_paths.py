@@ -690,6 +690,79 @@ def test_confirmed_archive_succeeds_with_a_url_and_frees_the_workspace(make: Mak
         assert w.kube.get(kind, NS, name) is None, kind
 
 
+def test_a_refused_workspace_delete_keeps_the_recorded_archive_and_is_retried(
+    make: Make,
+) -> None:
+    """The window between "archive confirmed" and "PVC deleted": the confirmation is recorded
+    first, a refused PVC delete is a retryable error that names the PVC and the refusal, and the
+    next pass (a successor's as well) only cleans up: no second archiver, no second upload."""
+    w = make()
+    w.reconciler.metrics = Metrics()
+    to_archiving(w)
+    w.run()
+    stored(w)
+    archiver_done(w, report(w))
+    denial = (
+        f'persistentvolumeclaims "{CHILD.workspace}" is forbidden: ValidatingAdmissionPolicy '
+        "'hold' with binding 'hold' denied request: held"
+    )
+    w.kube.refuse_deletes["PersistentVolumeClaim"] = denial
+    with pytest.raises(RetryLater) as raised:
+        w.run()
+    message = str(raised.value)
+    assert f"PersistentVolumeClaim {NS}/{CHILD.workspace}" in message
+    assert message.endswith(denial), message
+    # Confirmed and recorded before the delete: the job is final, its PVC kept, not cleaned up.
+    assert (w.status["phase"], w.status["reason"]) == ("Succeeded", c.COMPLETED)
+    assert w.status["artifact"]["key"] == names.archive_key(NS, NAME, w.uid)
+    assert not w.status.get("cleanedUp")
+    assert w.kube.get("PersistentVolumeClaim", NS, CHILD.workspace) is not None
+    assert w.kube.get("Job", NS, CHILD.archive_job) is None
+    # The pass that finished the job is counted, though its cleanup is retried.
+    assert _finished(w.reconciler.metrics) == 1
+    # Still refused: retried again, nothing else done (and not counted twice).
+    with pytest.raises(RetryLater):
+        w.run()
+    assert _finished(w.reconciler.metrics) == 1
+    # The refusal lifted: a fresh reconciler (a successor replica) only finishes the cleanup.
+    del w.kube.refuse_deletes["PersistentVolumeClaim"]
+    successor = Reconciler(w.kube, w.reconciler.config, w.store, clock=w.clock)  # type: ignore[arg-type]
+    assert w.store is not None
+    sessions = [call for call in w.store.calls if call[0] == "archiver_session"]
+    successor.reconcile(NS, NAME)
+    assert w.status["cleanedUp"] is True
+    assert w.kube.get("PersistentVolumeClaim", NS, CHILD.workspace) is None
+    # One archiver in all: the successor started none and asked for no archiver credentials.
+    assert [call for call in w.store.calls if call[0] == "archiver_session"] == sessions
+    assert len([x for x in w.kube.calls if x[:2] == ("create", "Job")]) == 1
+
+
+def test_a_refused_cleanup_is_logged_as_a_retry_naming_the_object(
+    make: Make, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the daemon logs for that refusal: a warning that it retries, with the PVC's name
+    and the API server's message (not its whole Status document); a transient error, no crash."""
+    w = make()
+    to_archiving(w)
+    w.run()
+    stored(w)
+    archiver_done(w, report(w))
+    w.kube.refuse_deletes["PersistentVolumeClaim"] = "denied by policy hold"
+    with pytest.raises(RetryLater) as raised:
+        w.run()
+    assert str(raised.value) == (
+        "the archive is confirmed and recorded, but deleting PersistentVolumeClaim "
+        f"{NS}/{CHILD.workspace} failed (kept, retried): denied by policy hold"
+    )
+    with caplog.at_level(logging.WARNING, logger="supervise-test"):
+        run = _supervise([raised.value, None], monkeypatch)
+    assert run.sleeps == [handlers.ERROR_BACKOFF[0], 7.0]
+    assert _errors(run.metrics, "transient") == 1 and _errors(run.metrics, "crash") == 0
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert f"deleting PersistentVolumeClaim {NS}/{CHILD.workspace} failed" in record.getMessage()
+
+
 @pytest.mark.parametrize(
     ("stored_size", "stored_sha", "reported", "detail"),
     [
@@ -1065,6 +1138,16 @@ def _supervise(outcomes: list[Exception | None], monkeypatch: pytest.MonkeyPatch
         )
     )
     return types.SimpleNamespace(sleeps=sleeps, metrics=memo.metrics)
+
+
+def _finished(metrics: Any) -> float:
+    """Jobs counted as finished, over every label set."""
+    return sum(
+        sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "codingjob_jobs_finished_total"
+    )
 
 
 def _errors(metrics: Any, kind: str) -> float:
