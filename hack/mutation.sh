@@ -5,6 +5,9 @@
 # which function, then runs only those tests against each mutant. It prints, per module, the
 # share of mutants the tests kill. MUTATION_MODULES="names conditions" limits the run; the
 # results and the surviving mutants' diffs are saved under artifacts/mutation/ (git-ignored).
+# MUTATION_WORKDIR=dir keeps the scratch copy. Run again with the same dir after adding tests:
+# only the mutants that were not killed are tried again, against the new tests (the sources must
+# be unchanged; adding tests cannot bring a killed mutant back).
 #
 # mutmut 3 mutates code inside functions and methods only (module constants and class bodies are
 # not mutated) and maps the packages by their import names, so the scratch copy holds them in a
@@ -52,38 +55,59 @@ deselect=(
   tests/unit/archive/test_ziparchive.py::test_more_than_65535_entries_use_a_zip64_directory
 )
 
-work=$(mktemp -d -t codingjob-mutation.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$work" 2>/dev/null || true
-mkdir -p "$work/src"
-mv "$work/operator/codingjob_operator" "$work/agent-image/codingjob_agent" "$work/src/"
 out="$repo/artifacts/mutation"
 mkdir -p "$out"
-cd "$work"
+if [ -n "${MUTATION_WORKDIR:-}" ] && [ -d "$MUTATION_WORKDIR/mutants" ]; then
+  work=$MUTATION_WORKDIR
+  rm -rf "$work/tests" "$work/mutants/tests"
+  git ls-files -co --exclude-standard -z tests | xargs -0 cp --parents -t "$work"
+  cd "$work"
+  mapfile -t retry < <("$mutmut" results | grep -E ': (survived|suspicious|no tests)$' \
+    | sed 's/^ *//; s/: .*//')
+  start=$(date +%s)
+  if [ "${#retry[@]}" -gt 0 ]; then
+    PYTHONDONTWRITEBYTECODE=1 nice -n 19 "$mutmut" run --max-children "${MUTATION_JOBS:-2}" \
+      "${retry[@]}" >"$out/rerun.log" 2>&1 || { tail -n 40 "$out/rerun.log" >&2; exit 1; }
+  fi
+  echo "mutmut run again: $(($(date +%s) - start)) s for ${#retry[@]} mutants" \
+    | tee -a "$out/runtime.txt"
+else
+  if [ -n "${MUTATION_WORKDIR:-}" ]; then
+    work=$MUTATION_WORKDIR
+    mkdir -p "$work"
+  else
+    work=$(mktemp -d -t codingjob-mutation.XXXXXX)
+    trap 'rm -rf "$work"' EXIT
+  fi
+  git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$work" 2>/dev/null || true
+  mkdir -p "$work/src"
+  mv "$work/operator/codingjob_operator" "$work/agent-image/codingjob_agent" "$work/src/"
+  cd "$work"
 
-toml_list() { printf '"%s", ' "$@" | sed 's/, $//'; }
-only=()
-for m in $modules; do only+=("src/${source[$m]}"); done
-selection=("${tests[@]}")
-for t in "${deselect[@]}"; do selection+=(--deselect "$t"); done
-# Everything else the tests read (samples, chart, golden files) comes along into mutants/.
-mapfile -t extra < <(find . -mindepth 1 -maxdepth 1 ! -name src ! -name tests ! -name .git \
-  ! -name pyproject.toml -printf '%P\n' | sort)
-cat >>pyproject.toml <<EOF
+  toml_list() { printf '"%s", ' "$@" | sed 's/, $//'; }
+  only=()
+  for m in $modules; do only+=("src/${source[$m]}"); done
+  selection=("${tests[@]}")
+  for t in "${deselect[@]}"; do selection+=(--deselect "$t"); done
+  # Everything else the tests read (samples, chart, golden files) comes along into mutants/.
+  mapfile -t extra < <(find . -mindepth 1 -maxdepth 1 ! -name src ! -name tests ! -name .git \
+    ! -name pyproject.toml -printf '%P\n' | sort)
+  cat >>pyproject.toml <<EOF
 
 [tool.mutmut]
 source_paths = ["src/"]
 only_mutate = [$(toml_list "${only[@]}")]
 also_copy = [$(toml_list "${extra[@]}")]
 pytest_add_cli_args_test_selection = [$(toml_list "${selection[@]}")]
-pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:randomly"]
+pytest_add_cli_args = ["-p", "no:cacheprovider"]
 EOF
 
-start=$(date +%s)
-# No bytecode files appear next to the mutated sources.
-PYTHONDONTWRITEBYTECODE=1 nice -n 19 "$mutmut" run --max-children "${MUTATION_JOBS:-2}" \
-  >"$out/run.log" 2>&1 || { tail -n 40 "$out/run.log" >&2; exit 1; }
-echo "mutmut run: $(($(date +%s) - start)) s for: $modules" | tee "$out/runtime.txt"
+  start=$(date +%s)
+  # No bytecode files appear next to the mutated sources.
+  PYTHONDONTWRITEBYTECODE=1 nice -n 19 "$mutmut" run --max-children "${MUTATION_JOBS:-2}" \
+    >"$out/run.log" 2>&1 || { tail -n 40 "$out/run.log" >&2; exit 1; }
+  echo "mutmut run: $(($(date +%s) - start)) s for: $modules" | tee "$out/runtime.txt"
+fi
 
 "$mutmut" results --all true >"$out/results.txt"
 printf '%-12s %7s %7s %8s %8s %7s\n' module mutants killed survived no-tests score \

@@ -1179,3 +1179,86 @@ def test_deleting_an_unfinished_job_archives_it_first(phase: str | None, archive
         # The Archiving phase stops the agent first: its pod is deleted before the archiver runs.
         after = derive_status(observe(patch, pod=running_pod()))
         assert after.actions == [Action.DELETE_POD]
+
+
+# set_condition on its own: the Kubernetes API conventions for one condition list.
+T0 = "2026-01-01T11:00:00Z"
+
+
+def test_a_new_condition_is_appended_with_the_time_and_generation() -> None:
+    other = {"type": c.READY, "status": "True", "reason": c.POD_RUNNING, "message": ""}
+    update = c.ConditionUpdate(c.ARCHIVED, True, c.ARCHIVE_CONFIRMED, "in storage")
+    result = c.set_condition([other], update, now=NOW, generation=4)
+    assert result == [
+        other,
+        {
+            "type": "Archived",
+            "status": "True",
+            "reason": "ArchiveConfirmed",
+            "message": "in storage",
+            "lastTransitionTime": "2026-01-01T12:00:00Z",
+            "observedGeneration": 4,
+        },
+    ]
+    # Without a generation the field is left out, not set to null.
+    bare = c.set_condition(
+        [], c.ConditionUpdate(c.READY, False, c.POD_PENDING), now=NOW, generation=None
+    )
+    assert bare == [
+        {
+            "type": "Ready",
+            "status": "False",
+            "reason": "PodPending",
+            "message": "",
+            "lastTransitionTime": "2026-01-01T12:00:00Z",
+        }
+    ]
+
+
+def test_an_update_keeps_its_place_and_its_time_while_the_status_holds() -> None:
+    old = {"type": c.READY, "status": "False", "reason": c.POD_PENDING, "lastTransitionTime": T0}
+    after = {"type": c.SUSPENDED, "status": "False", "reason": c.RESUMED, "lastTransitionTime": T0}
+    same = c.ConditionUpdate(c.READY, False, c.IMAGE_PULL_FAILED, "pull failed")
+    result = c.set_condition([old, after], same, now=NOW, generation=2)
+    assert result[0] == {
+        "type": "Ready",
+        "status": "False",
+        "reason": "ImagePullFailed",
+        "message": "pull failed",
+        "lastTransitionTime": T0,
+        "observedGeneration": 2,
+    }
+    assert result[1] == after and len(result) == 2
+    # The status flips: the time moves to now.
+    flipped = c.set_condition(
+        [old], c.ConditionUpdate(c.READY, True, c.POD_RUNNING), now=NOW, generation=2
+    )
+    assert flipped[0]["status"] == "True"
+    assert flipped[0]["lastTransitionTime"] == "2026-01-01T12:00:00Z"
+    # A condition without a time (written by hand) gets one.
+    untimed = {"type": c.READY, "status": "False", "reason": c.POD_PENDING}
+    fixed = c.set_condition([untimed], same, now=NOW, generation=None)
+    assert fixed[0]["lastTransitionTime"] == "2026-01-01T12:00:00Z"
+    # The input list is not changed.
+    assert old["reason"] == c.POD_PENDING and "observedGeneration" not in old
+
+
+def test_remove_and_find_condition() -> None:
+    ready = {"type": c.READY, "status": "True"}
+    archived = {"type": c.ARCHIVED, "status": "False"}
+    assert c.remove_condition([ready, archived], c.READY) == [archived]
+    assert c.remove_condition([ready], c.ARCHIVED) == [ready]
+    assert c.find_condition([ready, archived], c.ARCHIVED) is archived
+    assert c.find_condition([ready], c.ARCHIVED) is None
+
+
+def test_times_are_rfc3339_utc_to_the_second() -> None:
+    moment = datetime.datetime(
+        2026, 3, 4, 5, 6, 7, 890000, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
+    )
+    assert c.format_time(moment) == "2026-03-04T03:06:07Z"
+
+
+@pytest.mark.parametrize("phase", list(c.Phase))
+def test_only_succeeded_and_failed_are_finished(phase: c.Phase) -> None:
+    assert phase.finished is (phase in (c.Phase.SUCCEEDED, c.Phase.FAILED))
