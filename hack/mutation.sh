@@ -6,8 +6,8 @@
 # share of mutants the tests kill. MUTATION_MODULES="names conditions" limits the run; the
 # results and the surviving mutants' diffs are saved under artifacts/mutation/ (git-ignored).
 # MUTATION_WORKDIR=dir keeps the scratch copy. Run again with the same dir after adding tests:
-# only the mutants that were not killed are tried again, against the new tests (the sources must
-# be unchanged; adding tests cannot bring a killed mutant back).
+# mutmut mutates only the functions that changed, and the mutants not killed are tried again
+# against the new tests (a killed mutant of an unchanged function stays killed).
 #
 # mutmut 3 mutates code inside functions and methods only (module constants and class bodies are
 # not mutated) and maps the packages by their import names, so the scratch copy holds them in a
@@ -58,18 +58,24 @@ deselect=(
 out="$repo/artifacts/mutation"
 mkdir -p "$out"
 if [ -n "${MUTATION_WORKDIR:-}" ] && [ -d "$MUTATION_WORKDIR/mutants" ]; then
+  # Again: the current sources and tests replace those of the copy. mutmut mutates the functions
+  # that changed and tests their mutants; then every mutant not killed is tried again.
   work=$MUTATION_WORKDIR
   rm -rf "$work/tests" "$work/mutants/tests"
   git ls-files -co --exclude-standard -z tests | xargs -0 cp --parents -t "$work"
+  cp -r operator/codingjob_operator/. "$work/src/codingjob_operator/"
+  cp -r agent-image/codingjob_agent/. "$work/src/codingjob_agent/"
   cd "$work"
+  start=$(date +%s)
+  PYTHONDONTWRITEBYTECODE=1 nice -n 19 "$mutmut" run --max-children "${MUTATION_JOBS:-2}" \
+    >"$out/rerun.log" 2>&1 || { tail -n 40 "$out/rerun.log" >&2; exit 1; }
   mapfile -t retry < <("$mutmut" results | grep -E ': (survived|suspicious|no tests)$' \
     | sed 's/^ *//; s/: .*//')
-  start=$(date +%s)
   if [ "${#retry[@]}" -gt 0 ]; then
     PYTHONDONTWRITEBYTECODE=1 nice -n 19 "$mutmut" run --max-children "${MUTATION_JOBS:-2}" \
-      "${retry[@]}" >"$out/rerun.log" 2>&1 || { tail -n 40 "$out/rerun.log" >&2; exit 1; }
+      "${retry[@]}" >>"$out/rerun.log" 2>&1 || { tail -n 40 "$out/rerun.log" >&2; exit 1; }
   fi
-  echo "mutmut run again: $(($(date +%s) - start)) s for ${#retry[@]} mutants" \
+  echo "mutmut run again: $(($(date +%s) - start)) s (${#retry[@]} mutants tried again)" \
     | tee -a "$out/runtime.txt"
 else
   if [ -n "${MUTATION_WORKDIR:-}" ]; then
