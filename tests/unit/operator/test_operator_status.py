@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from codingjob_operator import conditions as c
 from codingjob_operator.models import CodingJobSpec
 from codingjob_operator.report import TOO_LARGE
@@ -1262,3 +1265,72 @@ def test_times_are_rfc3339_utc_to_the_second() -> None:
 @pytest.mark.parametrize("phase", list(c.Phase))
 def test_only_succeeded_and_failed_are_finished(phase: c.Phase) -> None:
     assert phase.finished is (phase in (c.Phase.SUCCEEDED, c.Phase.FAILED))
+
+
+# Golden decisions: every row of the table, and the paths of a lost pod, with the whole patch
+# (messages and conditions included), the events and the actions. The messages are what a user
+# reads in `kubectl describe`; a change to any of them must be a reviewed change. Regenerate
+# after an intended change with UPDATE_GOLDEN=1 and review the diff.
+GOLDEN_DECISIONS = Path(__file__).parent / "golden" / "status-decisions.yaml"
+REPORT = json.dumps({"steps": 12, "tokens": {"used": 3400, "limit": 5000, "window": 900}})
+LOST_CASES: dict[str, tuple[dict[str, Any], CodingJobSpec, dict[str, Any]]] = {
+    "lost below the backoff limit -> recreate": (
+        {"phase": "Running", "startTime": "2026-01-01T11:00:00Z", "podFailures": 0},
+        spec(),
+        {"pod": ended_pod(137, None, reason="Evicted", message="low on memory")},
+    ),
+    "lost past the limit before it started -> failed": (
+        {"phase": "Pending", "podFailures": 2},
+        spec(),
+        {"pod": ended_pod(137, None, reason="Evicted", message="low on memory")},
+    ),
+    "lost past the limit, no upload -> failed with the sidecar's counters": (
+        {"phase": "Running", "startTime": "2026-01-01T11:00:00Z", "podFailures": 2},
+        spec(artifacts={"uploadOnFailure": False}),
+        {
+            "pod": PodView(
+                phase="Failed",
+                created_at=EARLIER,
+                reason="Evicted",
+                message="low on memory",
+                agent=ContainerView(terminated=True, exit_code=137),
+                sidecar=ContainerView(terminated=True, exit_code=0, message=REPORT),
+            )
+        },
+    ),
+    "lost past the limit -> archived with the sidecar's counters": (
+        {"phase": "Running", "startTime": "2026-01-01T11:00:00Z", "podFailures": 2},
+        spec(),
+        {
+            "pod": PodView(
+                phase="Failed",
+                created_at=EARLIER,
+                reason="Evicted",
+                message="low on memory",
+                agent=ContainerView(terminated=True, exit_code=137),
+                sidecar=ContainerView(terminated=True, exit_code=0, message=REPORT),
+            )
+        },
+    ),
+}
+
+
+def _decision_record(decision: Decision) -> dict[str, Any]:
+    return {
+        "patch": decision.patch,
+        "actions": [a.name for a in decision.actions],
+        "events": [f"{e.type} {e.reason}: {e.message}" for e in decision.events],
+    }
+
+
+def test_golden_decisions() -> None:
+    cases = {row[0]: (row[1], row[2], row[3]) for row in TABLE} | LOST_CASES
+    records = {
+        name: _decision_record(derive_status(observe(before, s, **extra)))
+        for name, (before, s, extra) in cases.items()
+    }
+    text = yaml.safe_dump(records, sort_keys=True, width=100, allow_unicode=True)
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN_DECISIONS.write_text(text)
+    assert GOLDEN_DECISIONS.exists(), "missing golden: run with UPDATE_GOLDEN=1"
+    assert text == GOLDEN_DECISIONS.read_text(), "decisions differ: UPDATE_GOLDEN=1 and review"
