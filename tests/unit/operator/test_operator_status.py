@@ -1315,6 +1315,51 @@ LOST_CASES: dict[str, tuple[dict[str, Any], CodingJobSpec, dict[str, Any]]] = {
 }
 
 
+DEGRADED = c.set_condition(
+    [],
+    c.ConditionUpdate(c.MODEL_DEGRADED, True, c.PROVIDER_UNAVAILABLE, "down"),
+    now=EARLIER,
+    generation=1,
+)
+SPENT = c.set_condition(
+    [],
+    c.ConditionUpdate(c.BUDGET_EXCEEDED, True, c.TOKEN_BUDGET_SPENT, "spent"),
+    now=EARLIER,
+    generation=1,
+)
+STATS_CASES: dict[str, tuple[dict[str, Any], CodingJobSpec, dict[str, Any]]] = {
+    "stats: budget spent, model degraded": (
+        {"phase": "Running"},
+        spec(),
+        {
+            "pod": running_pod(),
+            "stats": StatsMessage.model_validate(
+                {
+                    "steps": 4,
+                    "tokens": {
+                        "used": 900,
+                        "limit": 1000,
+                        "pruned": 12,
+                        "prompt": 700,
+                        "completion": 200,
+                        "cached": 50,
+                        "costUSD": 0.5,
+                    },
+                    "budgetExceeded": True,
+                    "lastError": "token budget spent",
+                    "modelDegraded": "provider unavailable",
+                }
+            ),
+        },
+    ),
+    "stats: within budget again, model back": (
+        {"phase": "Running", "conditions": DEGRADED + SPENT},
+        spec(),
+        {"pod": running_pod(), "stats": StatsMessage.model_validate({"steps": 5})},
+    ),
+}
+
+
 def _decision_record(decision: Decision) -> dict[str, Any]:
     return {
         "patch": decision.patch,
@@ -1324,7 +1369,7 @@ def _decision_record(decision: Decision) -> dict[str, Any]:
 
 
 def test_golden_decisions() -> None:
-    cases = {row[0]: (row[1], row[2], row[3]) for row in TABLE} | LOST_CASES
+    cases = {row[0]: (row[1], row[2], row[3]) for row in TABLE} | LOST_CASES | STATS_CASES
     records = {
         name: _decision_record(derive_status(observe(before, s, **extra)))
         for name, (before, s, extra) in cases.items()
@@ -1334,3 +1379,23 @@ def test_golden_decisions() -> None:
         GOLDEN_DECISIONS.write_text(text)
     assert GOLDEN_DECISIONS.exists(), "missing golden: run with UPDATE_GOLDEN=1"
     assert text == GOLDEN_DECISIONS.read_text(), "decisions differ: UPDATE_GOLDEN=1 and review"
+
+
+@pytest.mark.parametrize(
+    ("cost", "shown"),
+    [
+        (0.00123456789, 0.001235),
+        (0.0, 0.0),
+        (-3.0, 0.0),
+        (float("nan"), 0.0),
+        (float("inf"), 0.0),
+        (5e12, 1e9),
+    ],
+)
+def test_a_reported_cost_is_shown_bounded(cost: float, shown: float) -> None:
+    # The cost comes from the sidecar: a negative, infinite or absurd figure is not shown as is.
+    stats = StatsMessage.model_validate(
+        {"steps": 1, "tokens": {"used": 1, "prompt": 1, "costUSD": cost}}
+    )
+    decision = derive_status(observe({"phase": "Running"}, pod=running_pod(), stats=stats))
+    assert decision.patch["tokens"]["costUSD"] == shown
