@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -1255,11 +1256,18 @@ def test_remove_and_find_condition() -> None:
     assert c.find_condition([ready], c.ARCHIVED) is None
 
 
-def test_times_are_rfc3339_utc_to_the_second() -> None:
+def test_times_are_rfc3339_utc_to_the_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    # In UTC whatever the host's own zone is.
     moment = datetime.datetime(
         2026, 3, 4, 5, 6, 7, 890000, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
     )
-    assert c.format_time(moment) == "2026-03-04T03:06:07Z"
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert c.format_time(moment) == "2026-03-04T03:06:07Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 @pytest.mark.parametrize("phase", list(c.Phase))
