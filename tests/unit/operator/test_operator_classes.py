@@ -154,6 +154,9 @@ def test_select_class(names: list[tuple[str, bool]], wanted: str | None, expecte
         ("https://api.openai.com/v1", "https://api.openai.com/v1", True),
         ("https://api.openai.com/v1/chat", "https://api.openai.com/v1", True),
         ("https://api.openai.com/v1/", "https://api.openai.com/v1/", True),
+        # A prefix written with a trailing slash admits the same URLs as without.
+        ("https://api.openai.com/v1", "https://api.openai.com/v1/", True),
+        ("https://api.openai.com/v1/chat", "https://api.openai.com/v1/", True),
         ("https://api.openai.com/v1beta", "https://api.openai.com/v1", False),
         ("https://api.openai.com.evil.net/v1", "https://api.openai.com", False),
         ("https://user@api.openai.com/v1", "https://api.openai.com", False),
@@ -300,6 +303,8 @@ def test_every_refusal_names_the_class_limit(name: str) -> None:
     result = resolve(table.REJECTED[name].spec)
     assert isinstance(result, list)
     assert [v.limit for v in result] == LIMITS[name]
+    # The value named is the one the author wrote.
+    assert all(v.value is not None for v in result)
 
 
 def test_violation_message_lists_every_violation() -> None:
@@ -445,3 +450,12 @@ def test_effective_spec_takes_every_resolved_field() -> None:
     assert isinstance(bare, ResolvedClass)
     plain = classes.effective_spec(spec, bare)
     assert plain.node_selector is None and plain.tolerations is None
+
+
+def test_the_class_tolerations_and_providers_are_resolved() -> None:
+    result = resolve({})
+    assert isinstance(result, ResolvedClass)
+    assert [t.model_dump(by_alias=True, exclude_none=True) for t in result.tolerations] == [
+        {"key": "sandbox", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert [str(p) for p in result.providers] == ["openai"]
