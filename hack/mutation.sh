@@ -73,6 +73,9 @@ if [ -n "${MUTATION_WORKDIR:-}" ] && [ -d "$MUTATION_WORKDIR/mutants" ]; then
   cp -r operator/codingjob_operator/. "$work/src/codingjob_operator/"
   cp -r agent-image/codingjob_agent/. "$work/src/codingjob_agent/"
   cd "$work"
+  # mutmut maps only new tests to the functions they reach; a test that was changed keeps its old
+  # map, so the whole map is made again.
+  rm -f mutants/mutmut-stats.json
   start=$(date +%s)
   if [ -f sample.txt ]; then
     mapfile -t retry < <("$mutmut" results --all true | grep -F -f <(sed 's/$/:/' sample.txt) \
