@@ -88,7 +88,7 @@ test-faults: venv cluster-up images ## Fault campaign: evictions, OOM, operator/
 	$(PYTEST) tests/faults
 
 .PHONY: mutation
-mutation: venv ## Mutation score of the pure modules (mutmut; slow, not part of CI). MUTATION_MODULES="names ..." to pick.
+mutation: venv ## Mutation score of the pure modules (mutmut 3; hours, not part of CI). MUTATION_MODULES="names ..." to pick, MUTATION_SAMPLE=N to draw N per module.
 	hack/mutation.sh
 
 ##@ Cluster

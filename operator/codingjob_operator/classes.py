@@ -64,7 +64,8 @@ def parse_quantity(value: str | int) -> Decimal:
         raise ValueError(f"{value!r} is not a quantity")
     number, suffix = match.group(1), match.group(2) or ""
     try:
-        if suffix[:1] in ("e", "E"):
+        # An exponent (`1e3`, `1E3`); `E` and `Ei` alone are the exa and exbi suffixes.
+        if suffix not in _SUFFIXES:
             return Decimal(number + suffix)
         return Decimal(number) * _SUFFIXES[suffix]
     except InvalidOperation as error:

@@ -115,3 +115,18 @@ def test_a_window_that_cannot_fit_is_an_overflow_not_a_loop(strategy: Strategy) 
     conv = conversation(4)
     with pytest.raises(ContextOverflow, match="the last 2 turn"):
         plan(conv, strategy, conv.tokens[-1])
+
+
+@pytest.mark.parametrize("strategy", list(Strategy))
+def test_the_smallest_window_is_exactly_what_pruning_can_reach(strategy: Strategy) -> None:
+    from codingjob_agent.context.pruning import smallest_window
+
+    conv = conversation(8)
+    smallest = smallest_window(conv, 2)
+    assert smallest_window(conv, 2, extra=40) == smallest + 40
+    assert 0 < smallest < conv.window_tokens
+    # Dropping every turn but the last two reaches it; one token less cannot be reached.
+    reached = plan_prune(conv, budget=smallest, target=0, strategy=Strategy.WINDOW, keep_turns=2)
+    assert reached is not None and reached.tokens == smallest
+    with pytest.raises(ContextOverflow):
+        plan_prune(conv, budget=smallest - 1, target=0, strategy=strategy, keep_turns=2)

@@ -7,6 +7,7 @@ and review the diff.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,24 +150,27 @@ def classed(s: CodingJobSpec, peers: tuple[builders.EgressPeer, ...]) -> list[An
     ]
 
 
-CASES: dict[str, list[Any]] = {
+#: The cases are built when a test runs, not when the module is imported, so a test always
+#: sees the builders as they are then (mutation testing switches a mutant on only around the
+#: test itself).
+CASES: dict[str, Callable[[], list[Any]]] = {
     # The class decides placement, identity and bounds; the spec's CIDR and the resolved
     # model addresses get the cluster floor cut out (10.96.12.34 lies inside it: dropped).
-    "classed": classed(
+    "classed": lambda: classed(
         spec(network={"allowedCIDRs": ["140.82.112.0/20"]}), (SERVICE_PEER, IP_PEER)
     ),
     # Open egress still reaches the cluster DNS and an in-cluster model (the relay) behind the
     # floor that holds the pod and service CIDRs.
-    "classed-open": classed(spec(network={"egress": "Open"}), (SERVICE_PEER,)),
-    "defaults": agent_children(spec(), (SERVICE_PEER,)),
-    "full": agent_children(spec(**FULL), (IP_PEER,)),
-    "sandboxed": agent_children(spec(**SANDBOXED), ()),
-    "gui-only": agent_children(spec(jupyter={"enabled": False}), (SERVICE_PEER,)),
-    "jupyter-only": agent_children(spec(gui={"enabled": False}), (SERVICE_PEER,)),
-    "headless": agent_children(
+    "classed-open": lambda: classed(spec(network={"egress": "Open"}), (SERVICE_PEER,)),
+    "defaults": lambda: agent_children(spec(), (SERVICE_PEER,)),
+    "full": lambda: agent_children(spec(**FULL), (IP_PEER,)),
+    "sandboxed": lambda: agent_children(spec(**SANDBOXED), ()),
+    "gui-only": lambda: agent_children(spec(jupyter={"enabled": False}), (SERVICE_PEER,)),
+    "jupyter-only": lambda: agent_children(spec(gui={"enabled": False}), (SERVICE_PEER,)),
+    "headless": lambda: agent_children(
         spec(gui={"enabled": False}, jupyter={"enabled": False}), (SERVICE_PEER,)
     ),
-    "archive": [
+    "archive": lambda: [
         builders.archive_secret(JOB, STORAGE_ENV),
         builders.archive_job(
             JOB,
@@ -177,7 +181,7 @@ CASES: dict[str, list[Any]] = {
             ),
         ),
     ],
-    "archive-limited": [
+    "archive-limited": lambda: [
         builders.archive_job(
             JOB,
             images=IMAGES,
@@ -191,6 +195,11 @@ CASES: dict[str, list[Any]] = {
 }
 
 
+def build(name: str) -> list[Any]:
+    """The manifests of one case, built now."""
+    return CASES[name]()
+
+
 def render(manifests: list[Any]) -> str:
     return yaml.safe_dump_all(manifests, sort_keys=True, width=100)
 
@@ -198,21 +207,22 @@ def render(manifests: list[Any]) -> str:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden(case: str) -> None:
     path = GOLDEN / f"{case}.yaml"
-    text = render(CASES[case])
+    text = render(build(case))
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(text)
     assert path.exists(), f"missing golden {path.name}: run with UPDATE_GOLDEN=1"
     assert text == path.read_text(), f"{path.name} differs: run with UPDATE_GOLDEN=1 and review"
 
 
-ALL = [(case, i, m) for case, ms in CASES.items() for i, m in enumerate(ms) if m is not None]
+#: (case, index, kind) of every manifest; the kinds only name the tests.
+ALL = [(c, i, m["kind"]) for c in CASES for i, m in enumerate(build(c)) if m is not None]
 
 
 @pytest.mark.parametrize(
-    "manifest", [m for _, _, m in ALL], ids=[f"{c}-{m['kind']}" for c, _, m in ALL]
+    ("case", "index"), [(c, i) for c, i, _ in ALL], ids=[f"{c}-{k}" for c, _, k in ALL]
 )
-def test_manifest_validates_against_kubernetes_schema(manifest: dict[str, Any]) -> None:
-    kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+def test_manifest_validates_against_kubernetes_schema(case: str, index: int) -> None:
+    kubernetes_validate.validate(build(case)[index], KUBERNETES_VERSION, strict=True)
 
 
 def test_schema_check_can_fail() -> None:
@@ -244,7 +254,7 @@ def test_api_key_reaches_only_the_sidecar() -> None:
 
 @pytest.mark.parametrize("case", ["defaults", "full", "sandboxed"])
 def test_every_container_is_hardened(case: str) -> None:
-    pod = next(m for m in CASES[case] if m and m["kind"] == "Pod")
+    pod = next(m for m in build(case) if m and m["kind"] == "Pod")
     spec_ = pod["spec"]
     assert spec_["automountServiceAccountToken"] is False
     assert spec_["enableServiceLinks"] is False
@@ -263,10 +273,10 @@ def test_every_container_is_hardened(case: str) -> None:
 
 
 def test_archiver_never_sees_the_sandbox_secrets_and_the_sandbox_never_sees_storage() -> None:
-    for manifest in CASES["full"]:
+    for manifest in build("full"):
         if manifest is not None:
             assert "CODINGJOB_STORAGE" not in yaml.safe_dump(manifest)
-    job = CASES["archive"][1]
+    job = build("archive")[1]
     pod_spec = job["spec"]["template"]["spec"]
     assert pod_spec["automountServiceAccountToken"] is False
     assert pod_spec["volumes"][0]["persistentVolumeClaim"]["readOnly"] is True
@@ -305,18 +315,17 @@ def test_relay_jobs_get_their_credential_in_the_sidecar_only() -> None:
     assert secret["stringData"] == {"credential": "cjr1.payload.mac"}
 
 
-POLICIES = [
-    (case, m)
-    for case, ms in CASES.items()
-    for m in ms
-    if m is not None and m["kind"] == "NetworkPolicy"
-]
+POLICIES = [c for c, _, kind in ALL if kind == "NetworkPolicy"]
 
 
-@pytest.mark.parametrize(("case", "policy"), POLICIES, ids=[c for c, _ in POLICIES])
-def test_nothing_but_the_named_sources_may_connect_to_a_sandbox(
-    case: str, policy: dict[str, Any]
-) -> None:
+def policy_of(case: str) -> dict[str, Any]:
+    policy: dict[str, Any] = next(m for m in build(case) if m and m["kind"] == "NetworkPolicy")
+    return policy
+
+
+@pytest.mark.parametrize("case", POLICIES)
+def test_nothing_but_the_named_sources_may_connect_to_a_sandbox(case: str) -> None:
+    policy = policy_of(case)
     # Every ingress rule names its sources (a rule without `from` admits every pod) and
     # opens the stats port alone: the desktop and Jupyter are reached by port-forward only.
     for rule in policy["spec"]["ingress"]:
@@ -326,8 +335,9 @@ def test_nothing_but_the_named_sources_may_connect_to_a_sandbox(
     assert "Ingress" in policy["spec"]["policyTypes"]
 
 
-@pytest.mark.parametrize(("case", "policy"), POLICIES, ids=[c for c, _ in POLICIES])
-def test_dns_is_the_cluster_resolver_on_port_53_only(case: str, policy: dict[str, Any]) -> None:
+@pytest.mark.parametrize("case", POLICIES)
+def test_dns_is_the_cluster_resolver_on_port_53_only(case: str) -> None:
+    policy = policy_of(case)
     dns, *_ = policy["spec"]["egress"]
     assert dns["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
     selectors = [p for p in dns["to"] if "podSelector" in p]

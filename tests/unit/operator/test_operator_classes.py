@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from codingjob_operator import classes
-from codingjob_operator.classmodels import CodingJobClass
+from codingjob_operator.classmodels import CodingJobClass, IntBound
 from codingjob_operator.models import CodingJobSpec, ResolvedClass
 from pydantic import ValidationError
 
@@ -154,6 +154,9 @@ def test_select_class(names: list[tuple[str, bool]], wanted: str | None, expecte
         ("https://api.openai.com/v1", "https://api.openai.com/v1", True),
         ("https://api.openai.com/v1/chat", "https://api.openai.com/v1", True),
         ("https://api.openai.com/v1/", "https://api.openai.com/v1/", True),
+        # A prefix written with a trailing slash admits the same URLs as without.
+        ("https://api.openai.com/v1", "https://api.openai.com/v1/", True),
+        ("https://api.openai.com/v1/chat", "https://api.openai.com/v1/", True),
         ("https://api.openai.com/v1beta", "https://api.openai.com/v1", False),
         ("https://api.openai.com.evil.net/v1", "https://api.openai.com", False),
         ("https://user@api.openai.com/v1", "https://api.openai.com", False),
@@ -249,3 +252,210 @@ def test_threat_model_names_only_tests_that_exist() -> None:
         assert any(f"def {name}" in p.read_text() for p in (repo / "tests").rglob("test_*.py")), (
             name
         )
+
+
+#: The class limit each refusal names, so the author reads what the class allows (the status
+#: message and the event carry it).
+PATTERNS = (
+    "the class admits images matching ['registry\\\\.example\\\\.com/agents/[a-z-]+:v[0-9.]+']"
+)
+ENDPOINTS = (
+    "the class allows endpoints under "
+    "['https://api.openai.com/v1', 'http://scripted-model.codingjob-system.svc:8000/v1']"
+)
+CIDRS = "the class allows ranges within ['140.82.112.0/20', '2001:db8::/32']"
+FLOOR = "overlaps the operator's egress floor"
+LIMITS: dict[str, list[str]] = {
+    "image not in patterns": [PATTERNS],
+    "image pattern is anchored": [PATTERNS],
+    "other runtime class": ["the class sets runtimeClassName 'gvisor'"],
+    "foreign node selector": ["the class's nodeSelector is {'pool': 'sandbox'}"],
+    "node selector other value": ["the class's nodeSelector is {'pool': 'sandbox'}"],
+    "foreign toleration": ["the class's tolerations do not include it"],
+    "cpu limit over max": ["the class maximum is 4"],
+    "cpu limit over max as int": ["the class maximum is 4"],
+    "memory limit over max": ["the class maximum is 8Gi"],
+    "memory request over max": ["the class maximum is 8Gi", "exceeds the effective limit 8Gi"],
+    "ephemeral storage over max": ["the class maximum is 20Gi"],
+    "request above the default limit": ["exceeds the effective limit 2"],
+    "unbounded resource": ["the class bounds only cpu, memory and ephemeral-storage"],
+    "workspace over max": ["the class maximum is 20Gi"],
+    "storage class not allowed": ["the class allows ['fast', 'standard']"],
+    "deadline over max": ["the class maximum is 86400"],
+    "steps over max": ["the class maximum is 1000"],
+    "tokens over max": ["the class maximum is 5000000"],
+    "open egress": ["the class allows ['Restricted']"],
+    "cidr outside class": [CIDRS],
+    "ipv6 cidr outside class": [CIDRS],
+    "cidr is cloud metadata": [FLOOR],
+    "cidr contains the floor": [FLOOR],
+    "cidr is the service network": [FLOOR],
+    "model endpoint not allowed": [ENDPOINTS],
+    "model endpoint lookalike host": [ENDPOINTS],
+    "model endpoint path escape": [ENDPOINTS],
+    "model endpoint is metadata": [ENDPOINTS],
+    "model endpoint other scheme": [ENDPOINTS],
+}
+
+
+@pytest.mark.parametrize("name", list(table.REJECTED))
+def test_every_refusal_names_the_class_limit(name: str) -> None:
+    result = resolve(table.REJECTED[name].spec)
+    assert isinstance(result, list)
+    assert [v.limit for v in result] == LIMITS[name]
+    # The value named is the one the author wrote.
+    assert all(v.value is not None for v in result)
+
+
+def test_violation_message_lists_every_violation() -> None:
+    found = [
+        classes.Violation("spec.limits.maxSteps", 1001, "the class maximum is 1000"),
+        classes.Violation("spec.image", "x:1", "the class admits no author-chosen image"),
+    ]
+    assert classes.violation_message("small", found) == (
+        "outside CodingJobClass 'small': spec.limits.maxSteps: 1001 is not allowed: the class "
+        "maximum is 1000; spec.image: 'x:1' is not allowed: the class admits no author-chosen image"
+    )
+
+
+def test_every_violation_of_one_spec_is_reported() -> None:
+    result = resolve({"limits": {"maxSteps": 1001}, "workspace": {"size": "100Gi"}})
+    assert isinstance(result, list)
+    assert [v.field for v in result] == ["spec.workspace.size", "spec.limits.maxSteps"]
+
+
+def test_an_unbounded_run_limit_is_refused_unless_the_class_allows_it() -> None:
+    # The model refuses such a class (test_class_without_deadline_must_say_so); the resolver
+    # still checks, for a class built in code.
+    out: list[classes.Violation] = []
+    assert classes._int_bound("f", None, IntBound(), unlimited_ok=False, out=out) is None
+    assert [str(v) for v in out] == ["f: None is not allowed: the class requires a value"]
+    out.clear()
+    assert classes._int_bound("f", None, IntBound(), unlimited_ok=True, out=out) is None
+    assert classes._int_bound("f", 5, IntBound(max=5), unlimited_ok=False, out=out) == 5
+    assert (
+        classes._int_bound("f", None, IntBound(default=3, max=5), unlimited_ok=False, out=out) == 3
+    )
+    assert not out
+
+
+def test_a_model_endpoint_without_prefixes_or_operator_default() -> None:
+    cls = CodingJobClass.model_validate({"metadata": {"name": "x"}})
+    result = resolve({"model": {"baseURL": "https://api.openai.com/v1"}}, cls)
+    assert isinstance(result, list)
+    assert [v.limit for v in result] == ["the class allows only the operator's default endpoint"]
+    # The operator's default endpoint is always allowed.
+    operator = classes.OperatorDefaults(
+        agent_image=table.AGENT_IMAGE, default_model_base_url="https://models.internal/v1"
+    )
+    spec = CodingJobSpec.model_validate(
+        {"task": "t", "model": {"baseURL": "https://models.internal/v1/chat"}}
+    )
+    assert isinstance(classes.resolve(spec, cls, operator), ResolvedClass)
+
+
+def test_a_malformed_cidr_is_refused_by_name() -> None:
+    result = resolve({"network": {"egress": "Restricted", "allowedCIDRs": ["140.82.112.0/33"]}})
+    assert isinstance(result, list)
+    assert [(v.field, v.limit) for v in result] == [("spec.network.allowedCIDRs[0]", "not a CIDR")]
+
+
+@pytest.mark.parametrize(
+    ("cidr", "ranges", "inside"),
+    [
+        ("140.82.114.0/24", ["140.82.112.0/20"], True),
+        ("140.82.112.0/20", ["140.82.112.0/20"], True),
+        ("140.82.0.0/16", ["140.82.112.0/20"], False),
+        ("2001:db8::/48", ["140.82.112.0/20", "2001:db8::/32"], True),
+        # Another IP version is never inside.
+        ("::/0", ["0.0.0.0/0"], False),
+        ("10.0.0.1", ["10.0.0.0/8"], True),
+    ],
+)
+def test_within(cidr: str, ranges: list[str], inside: bool) -> None:
+    assert classes.within(cidr, ranges) is inside
+
+
+def test_the_operator_floor_is_added_to_the_always_denied_ranges() -> None:
+    assert OPERATOR.floor == (*classes.ALWAYS_DENIED_CIDRS, *table.DENIED_CIDRS)
+    assert classes.OperatorDefaults(agent_image="a").floor == classes.ALWAYS_DENIED_CIDRS
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1Ki", 2**10),
+        ("1Mi", 2**20),
+        ("1Ti", 2**40),
+        ("1Pi", 2**50),
+        ("1Ei", 2**60),
+        ("3n", "3e-9"),
+        ("3u", "3e-6"),
+        ("3k", 3000),
+        ("3M", 3 * 10**6),
+        ("3T", 3 * 10**12),
+        ("3P", 3 * 10**15),
+        ("3E", 3 * 10**18),
+        ("2E3", 2000),
+        (" 250m ", "0.25"),
+        ("+1", 1),
+    ],
+)
+def test_every_quantity_suffix(text: str, value: int | str) -> None:
+    from decimal import Decimal
+
+    assert classes.parse_quantity(text) == Decimal(value)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "1Xi", "1.2.3", "1 Gi", "Gi"])
+def test_not_a_quantity(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a quantity"):
+        classes.parse_quantity(text)
+
+
+def test_select_class_messages() -> None:
+    a = CodingJobClass.model_validate(table.class_manifest("a", default=True))
+    b = CodingJobClass.model_validate(table.class_manifest("b", default=True))
+    plain = CodingJobClass.model_validate(table.class_manifest("plain"))
+    assert classes.select_class([plain], "zzz") == (
+        "spec.className: CodingJobClass 'zzz' does not exist"
+    )
+    assert classes.select_class([plain], None) == (
+        "spec.className is unset and no CodingJobClass is annotated as the default"
+    )
+    assert classes.select_class([b, plain, a], None) == (
+        "spec.className is unset and several classes are the default: a, b"
+    )
+    assert classes.select_class([plain, a], "") is a
+
+
+def test_effective_spec_takes_every_resolved_field() -> None:
+    spec = CodingJobSpec.model_validate({"task": "t", "workspace": {"size": "1Gi"}})
+    resolved = resolve({"workspace": {"size": "20Gi", "storageClassName": "fast"}})
+    assert isinstance(resolved, ResolvedClass)
+    effective = classes.effective_spec(spec, resolved)
+    assert effective.image == table.AGENT_IMAGE
+    assert effective.workspace.size == "20Gi"
+    assert effective.workspace.storage_class_name == "fast"
+    assert effective.node_selector == {"pool": "sandbox"}
+    assert effective.tolerations == resolved.tolerations
+    assert (effective.limits.max_steps, effective.limits.max_total_tokens) == (200, 1000000)
+    assert effective.task == "t"
+    # A class without placement leaves the spec's fields unset rather than empty.
+    bare = classes.resolve(
+        CodingJobSpec.model_validate({"task": "t"}),
+        CodingJobClass.model_validate({"metadata": {"name": "x"}}),
+        OPERATOR,
+    )
+    assert isinstance(bare, ResolvedClass)
+    plain = classes.effective_spec(spec, bare)
+    assert plain.node_selector is None and plain.tolerations is None
+
+
+def test_the_class_tolerations_and_providers_are_resolved() -> None:
+    result = resolve({})
+    assert isinstance(result, ResolvedClass)
+    assert [t.model_dump(by_alias=True, exclude_none=True) for t in result.tolerations] == [
+        {"key": "sandbox", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert [str(p) for p in result.providers] == ["openai"]

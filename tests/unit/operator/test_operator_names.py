@@ -77,3 +77,37 @@ def test_object_keys() -> None:
     assert names.archive_key("team-a", "todo", "u-1") == "team-a/todo/u-1/workspace.zip"
     assert names.transcript_key("team-a", "todo", "u-1") == "team-a/todo/u-1/context.txt"
     assert names.archive_prefix("team-a", "todo", "u-1") == "team-a/todo/u-1/"
+
+
+def test_a_name_without_suffix_is_the_base_itself() -> None:
+    assert names.dns_label("todo-app") == "todo-app"
+
+
+def test_a_name_of_exactly_63_characters_is_kept_whole() -> None:
+    assert names.dns_label("a" * 57, "agent") == "a" * 57 + "-agent"
+    assert names.label_value("a" * 63) == "a" * 63
+
+
+@pytest.mark.parametrize(
+    ("base", "suffix", "max_length", "expected"),
+    [
+        # Nothing valid left of the name: the label still starts with a letter.
+        ("...", "agent", 63, "x-ab5df625-agent"),
+        # The cut ends at a dash: no `--` before the hash.
+        ("a" * 47 + "-" + "b" * 20, "agent", 63, "a" * 47 + "-cf1cd29a-agent"),
+        # A suffix that leaves no room for the base: still a valid label.
+        ("job", "archive-credentials", 20, "x-5e8c9902-archive-credentials"),
+    ],
+)
+def test_shortened_names_start_and_end_with_an_alphanumeric(
+    base: str, suffix: str, max_length: int, expected: str
+) -> None:
+    name = names.dns_label(base, suffix, max_length)
+    assert name == expected
+    assert DNS_LABEL.match(name)
+
+
+def test_a_shortened_label_value_uses_all_63_characters_and_ends_alphanumeric() -> None:
+    assert names.label_value("a" * 64) == "a" * 54 + "-ffe054fe"
+    # The cut ends at a dot: it is dropped, so the value does not end in `.-`.
+    assert names.label_value("a" * 53 + "." + "b" * 20) == "a" * 53 + "-faf921a0"

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from codingjob_operator import conditions as c
 from codingjob_operator.models import CodingJobSpec
 from codingjob_operator.report import TOO_LARGE
@@ -24,6 +28,7 @@ from codingjob_operator.status import (
     deletion_patch,
     derive_status,
     pod_view,
+    sidecar_report,
 )
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
@@ -1071,6 +1076,30 @@ def test_pod_view() -> None:
     assert view.sidecar is not None and view.sidecar.running
 
 
+def test_a_new_pod_is_pending_and_ready_only_by_its_ready_condition() -> None:
+    fresh = pod_view({"metadata": {"creationTimestamp": "2026-01-01T11:59:00Z"}})
+    assert (fresh.phase, fresh.ready) == ("Pending", False)
+    conditions = [
+        {"type": "PodScheduled", "status": "True"},
+        {"type": "Ready", "status": "False"},
+    ]
+    running = {"metadata": {}, "status": {"phase": "Running", "conditions": conditions}}
+    assert pod_view(running).ready is False
+    conditions[1]["status"] = "True"
+    assert pod_view(running).ready is True
+
+
+def test_the_sidecar_report_falls_back_to_the_previous_termination() -> None:
+    report = json.dumps({"steps": 7})
+    pod = PodView(
+        phase="Running",
+        created_at=EARLIER,
+        sidecar=ContainerView(terminated=True, message="not json", last_message=report),
+    )
+    found = sidecar_report(pod)
+    assert found is not None and found.steps == 7
+
+
 def test_archive_view_takes_the_newest_pod() -> None:
     job = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
 
@@ -1179,3 +1208,227 @@ def test_deleting_an_unfinished_job_archives_it_first(phase: str | None, archive
         # The Archiving phase stops the agent first: its pod is deleted before the archiver runs.
         after = derive_status(observe(patch, pod=running_pod()))
         assert after.actions == [Action.DELETE_POD]
+
+
+# set_condition on its own: the Kubernetes API conventions for one condition list.
+T0 = "2026-01-01T11:00:00Z"
+
+
+def test_a_new_condition_is_appended_with_the_time_and_generation() -> None:
+    other = {"type": c.READY, "status": "True", "reason": c.POD_RUNNING, "message": ""}
+    update = c.ConditionUpdate(c.ARCHIVED, True, c.ARCHIVE_CONFIRMED, "in storage")
+    result = c.set_condition([other], update, now=NOW, generation=4)
+    assert result == [
+        other,
+        {
+            "type": "Archived",
+            "status": "True",
+            "reason": "ArchiveConfirmed",
+            "message": "in storage",
+            "lastTransitionTime": "2026-01-01T12:00:00Z",
+            "observedGeneration": 4,
+        },
+    ]
+    # Without a generation the field is left out, not set to null.
+    bare = c.set_condition(
+        [], c.ConditionUpdate(c.READY, False, c.POD_PENDING), now=NOW, generation=None
+    )
+    assert bare == [
+        {
+            "type": "Ready",
+            "status": "False",
+            "reason": "PodPending",
+            "message": "",
+            "lastTransitionTime": "2026-01-01T12:00:00Z",
+        }
+    ]
+
+
+def test_an_update_keeps_its_place_and_its_time_while_the_status_holds() -> None:
+    old = {"type": c.READY, "status": "False", "reason": c.POD_PENDING, "lastTransitionTime": T0}
+    after = {"type": c.SUSPENDED, "status": "False", "reason": c.RESUMED, "lastTransitionTime": T0}
+    same = c.ConditionUpdate(c.READY, False, c.IMAGE_PULL_FAILED, "pull failed")
+    result = c.set_condition([old, after], same, now=NOW, generation=2)
+    assert result[0] == {
+        "type": "Ready",
+        "status": "False",
+        "reason": "ImagePullFailed",
+        "message": "pull failed",
+        "lastTransitionTime": T0,
+        "observedGeneration": 2,
+    }
+    assert result[1] == after and len(result) == 2
+    # The status flips: the time moves to now.
+    flipped = c.set_condition(
+        [old], c.ConditionUpdate(c.READY, True, c.POD_RUNNING), now=NOW, generation=2
+    )
+    assert flipped[0]["status"] == "True"
+    assert flipped[0]["lastTransitionTime"] == "2026-01-01T12:00:00Z"
+    # A condition without a time (written by hand) gets one.
+    untimed = {"type": c.READY, "status": "False", "reason": c.POD_PENDING}
+    fixed = c.set_condition([untimed], same, now=NOW, generation=None)
+    assert fixed[0]["lastTransitionTime"] == "2026-01-01T12:00:00Z"
+    # The input list is not changed.
+    assert old["reason"] == c.POD_PENDING and "observedGeneration" not in old
+
+
+def test_remove_and_find_condition() -> None:
+    ready = {"type": c.READY, "status": "True"}
+    archived = {"type": c.ARCHIVED, "status": "False"}
+    assert c.remove_condition([ready, archived], c.READY) == [archived]
+    assert c.remove_condition([ready], c.ARCHIVED) == [ready]
+    assert c.find_condition([ready, archived], c.ARCHIVED) is archived
+    assert c.find_condition([ready], c.ARCHIVED) is None
+
+
+def test_times_are_rfc3339_utc_to_the_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    # In UTC whatever the host's own zone is.
+    moment = datetime.datetime(
+        2026, 3, 4, 5, 6, 7, 890000, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
+    )
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert c.format_time(moment) == "2026-03-04T03:06:07Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.mark.parametrize("phase", list(c.Phase))
+def test_only_succeeded_and_failed_are_finished(phase: c.Phase) -> None:
+    assert phase.finished is (phase in (c.Phase.SUCCEEDED, c.Phase.FAILED))
+
+
+# Golden decisions: every row of the table, and the paths of a lost pod, with the whole patch
+# (messages and conditions included), the events and the actions. The messages are what a user
+# reads in `kubectl describe`; a change to any of them must be a reviewed change. Regenerate
+# after an intended change with UPDATE_GOLDEN=1 and review the diff.
+GOLDEN_DECISIONS = Path(__file__).parent / "golden" / "status-decisions.yaml"
+REPORT = json.dumps({"steps": 12, "tokens": {"used": 3400, "limit": 5000, "window": 900}})
+LOST_CASES: dict[str, tuple[dict[str, Any], CodingJobSpec, dict[str, Any]]] = {
+    "lost below the backoff limit -> recreate": (
+        {"phase": "Running", "startTime": "2026-01-01T11:00:00Z", "podFailures": 0},
+        spec(),
+        {"pod": ended_pod(137, None, reason="Evicted", message="low on memory")},
+    ),
+    "lost past the limit before it started -> failed": (
+        {"phase": "Pending", "podFailures": 2},
+        spec(),
+        {"pod": ended_pod(137, None, reason="Evicted", message="low on memory")},
+    ),
+    "lost past the limit, no upload -> failed with the sidecar's counters": (
+        {"phase": "Running", "startTime": "2026-01-01T11:00:00Z", "podFailures": 2},
+        spec(artifacts={"uploadOnFailure": False}),
+        {
+            "pod": PodView(
+                phase="Failed",
+                created_at=EARLIER,
+                reason="Evicted",
+                message="low on memory",
+                agent=ContainerView(terminated=True, exit_code=137),
+                sidecar=ContainerView(terminated=True, exit_code=0, message=REPORT),
+            )
+        },
+    ),
+    "lost past the limit -> archived with the sidecar's counters": (
+        {"phase": "Running", "startTime": "2026-01-01T11:00:00Z", "podFailures": 2},
+        spec(),
+        {
+            "pod": PodView(
+                phase="Failed",
+                created_at=EARLIER,
+                reason="Evicted",
+                message="low on memory",
+                agent=ContainerView(terminated=True, exit_code=137),
+                sidecar=ContainerView(terminated=True, exit_code=0, message=REPORT),
+            )
+        },
+    ),
+}
+
+
+DEGRADED = c.set_condition(
+    [],
+    c.ConditionUpdate(c.MODEL_DEGRADED, True, c.PROVIDER_UNAVAILABLE, "down"),
+    now=EARLIER,
+    generation=1,
+)
+SPENT = c.set_condition(
+    [],
+    c.ConditionUpdate(c.BUDGET_EXCEEDED, True, c.TOKEN_BUDGET_SPENT, "spent"),
+    now=EARLIER,
+    generation=1,
+)
+STATS_CASES: dict[str, tuple[dict[str, Any], CodingJobSpec, dict[str, Any]]] = {
+    "stats: budget spent, model degraded": (
+        {"phase": "Running"},
+        spec(),
+        {
+            "pod": running_pod(),
+            "stats": StatsMessage.model_validate(
+                {
+                    "steps": 4,
+                    "tokens": {
+                        "used": 900,
+                        "limit": 1000,
+                        "pruned": 12,
+                        "prompt": 700,
+                        "completion": 200,
+                        "cached": 50,
+                        "costUSD": 0.5,
+                    },
+                    "budgetExceeded": True,
+                    "lastError": "token budget spent",
+                    "modelDegraded": "provider unavailable",
+                }
+            ),
+        },
+    ),
+    "stats: within budget again, model back": (
+        {"phase": "Running", "conditions": DEGRADED + SPENT},
+        spec(),
+        {"pod": running_pod(), "stats": StatsMessage.model_validate({"steps": 5})},
+    ),
+}
+
+
+def _decision_record(decision: Decision) -> dict[str, Any]:
+    return {
+        "patch": decision.patch,
+        "actions": [a.name for a in decision.actions],
+        "events": [f"{e.type} {e.reason}: {e.message}" for e in decision.events],
+    }
+
+
+def test_golden_decisions() -> None:
+    cases = {row[0]: (row[1], row[2], row[3]) for row in TABLE} | LOST_CASES | STATS_CASES
+    records = {
+        name: _decision_record(derive_status(observe(before, s, **extra)))
+        for name, (before, s, extra) in cases.items()
+    }
+    text = yaml.safe_dump(records, sort_keys=True, width=100, allow_unicode=True)
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN_DECISIONS.write_text(text)
+    assert GOLDEN_DECISIONS.exists(), "missing golden: run with UPDATE_GOLDEN=1"
+    assert text == GOLDEN_DECISIONS.read_text(), "decisions differ: UPDATE_GOLDEN=1 and review"
+
+
+@pytest.mark.parametrize(
+    ("cost", "shown"),
+    [
+        (0.00123456789, 0.001235),
+        (0.0, 0.0),
+        (-3.0, 0.0),
+        (float("nan"), 0.0),
+        (float("inf"), 0.0),
+        (5e12, 1e9),
+    ],
+)
+def test_a_reported_cost_is_shown_bounded(cost: float, shown: float) -> None:
+    # The cost comes from the sidecar: a negative, infinite or absurd figure is not shown as is.
+    stats = StatsMessage.model_validate(
+        {"steps": 1, "tokens": {"used": 1, "prompt": 1, "costUSD": cost}}
+    )
+    decision = derive_status(observe({"phase": "Running"}, pod=running_pod(), stats=stats))
+    assert decision.patch["tokens"]["costUSD"] == shown
