@@ -100,7 +100,8 @@ stop_components() {
     any_alive "${pids[@]}" || break
     sleep 0.5
   done
-  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null; done
+  # Gone already is fine (set -e would end the caller on the failed kill).
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   return 0
 }
 

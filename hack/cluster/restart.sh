@@ -24,8 +24,9 @@ done
 exec {lock}>"$RUN_DIR.lock"
 flock -w 900 "$lock" || die "another hack/cluster/up.sh or down.sh has held $RUN_DIR.lock for 15 min"
 # The kubelet first (as down.sh does), so it does not act on a runtime going away.
-for component in kubelet "$@"; do
-  if [[ " $* " == *" $component "* ]]; then stop_components "$component"; fi
+if [[ " $* " == *" kubelet "* ]]; then stop_components kubelet; fi
+for component in "$@"; do
+  if [ "$component" != kubelet ]; then stop_components "$component"; fi
 done
 exec {lock}>&-
 # The local cluster itself, whatever KUBECONFIG names.
