@@ -434,16 +434,6 @@ def test_crc32_combine_matches_zlib(a: bytes, b: bytes) -> None:
     assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
 
 
-def test_the_crc_shift_table_is_x_to_the_powers_of_two() -> None:
-    # zlib's x2n_table: entry n is x^(2^n) modulo the CRC-32 polynomial, in the reflected bit
-    # order where x^k (k < 32) is bit 31 - k. Built at import; rebuilt here to check it.
-    table = ziparchive._x2nmodp_table()
-    assert table == ziparchive._X2N and len(table) == 64
-    assert table[:5] == [1 << 30, 1 << 29, 1 << 27, 1 << 23, 1 << 15]
-    # x^32 is the polynomial itself with the x^32 term reduced away (0xEDB88320).
-    assert table[5] == 0xEDB88320
-
-
 def test_names_are_relative_and_safe(workspace: Path) -> None:
     archive, _ = build_zip(workspace)
     for name in archive.namelist():
