@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import secrets
+import tempfile
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +43,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("relay")]
 def provider_key(kube_api: client.ApiClient) -> Iterator[str]:
     """The chart with the relay, whose provider `scripted` (the scripted model, which requires
     the key) gets the key from a Secret; the provider `keyless` is the same model without it."""
+    # The release has a fixed name: should the module's tests be spread over two test processes,
+    # each would install it (and uninstall the other's) at once. A lock held from the install to
+    # the uninstall makes them take turns.
+    with (Path(tempfile.gettempdir()) / f"{RELEASE}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield from _provider_key(kube_api)
+
+
+def _provider_key(kube_api: client.ApiClient) -> Iterator[str]:
     core = client.CoreV1Api(kube_api)
     custom = client.CustomObjectsApi(kube_api)
     key = "sk-e2e-provider-" + secrets.token_hex(16)
