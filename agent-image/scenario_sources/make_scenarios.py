@@ -229,6 +229,19 @@ def scenarios() -> dict[str, Any]:
         ],
         "afterLastTurn": "error",
     }
+    # The two turns that open gate/ and wait until the test creates gate/go.
+    at_the_gate = [
+        turn("Opening the gate directory.", call("bash", command="mkdir -p gate && echo ready")),
+        turn(
+            "Waiting at the gate.",
+            call(
+                "bash",
+                command="until [ -e gate/go ]; do sleep 0.5; done; echo gate released",
+                timeout=3000,
+            ),
+            expect=["ready"],
+        ),
+    ]
     # The fault campaign (tests/faults) injects its fault while the agent waits at the gate, in
     # a phase it chose; the wait is one idempotent tool call, so a restarted agent re-runs it.
     gated = {
@@ -236,18 +249,7 @@ def scenarios() -> dict[str, Any]:
         "creates gate/go, lists the gate and finishes; for the fault campaign, which injects "
         "its fault while the agent waits (or right after it released the gate).",
         "turns": [
-            turn(
-                "Opening the gate directory.", call("bash", command="mkdir -p gate && echo ready")
-            ),
-            turn(
-                "Waiting at the gate.",
-                call(
-                    "bash",
-                    command="until [ -e gate/go ]; do sleep 0.5; done; echo gate released",
-                    timeout=3000,
-                ),
-                expect=["ready"],
-            ),
+            *at_the_gate,
             turn(None, call("bash", command="ls gate && echo listed"), expect=["gate released"]),
             turn(None, call("finish", summary="Passed the gate."), expect=["listed"]),
         ],
@@ -262,18 +264,7 @@ def scenarios() -> dict[str, Any]:
         "creates gate/go, then writes past the size of the workspace volume (No space left on "
         "device) and leaves it full; for the fault campaign's workspace-full case.",
         "turns": [
-            turn(
-                "Opening the gate directory.", call("bash", command="mkdir -p gate && echo ready")
-            ),
-            turn(
-                "Waiting at the gate.",
-                call(
-                    "bash",
-                    command="until [ -e gate/go ]; do sleep 0.5; done; echo gate released",
-                    timeout=3000,
-                ),
-                expect=["ready"],
-            ),
+            *at_the_gate,
             turn(
                 "Writing a large file.",
                 call(
