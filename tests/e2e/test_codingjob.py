@@ -20,7 +20,7 @@ from kubernetes.stream import stream
 from tests.e2e.conftest import ARTIFACTS, REPO, Jobs, operator_logs, port_forward, wait_for
 from tests.fixtures.cluster import watch_until
 from tests.fixtures.events import operator_errors
-from tests.fixtures.release import RELEASE
+from tests.fixtures.release import RELEASE, journal_messages
 from tests.fixtures.security import archiver_violations, sandbox_violations
 
 pytestmark = pytest.mark.e2e
@@ -294,12 +294,7 @@ def test_suspend_and_resume(jobs: Jobs, minio_forward: int) -> None:
     done = jobs.wait_phase(name, {"Succeeded", "Failed"}, timeout=300)
     assert done["phase"] == "Succeeded", done
     archive = check_archive(done)
-    journal = [
-        json.loads(line)
-        for line in archive.read(".context-manager/context.jsonl").splitlines()
-        if line
-    ]
-    stored = [m for r in journal if r.get("op") == "messages" for m in r["messages"]]
+    stored = journal_messages(archive)
     systems = [m for m in stored if m.get("role") == "system"]
     assert len(systems) == 1, "the resumed pod must continue the conversation, not start over"
 

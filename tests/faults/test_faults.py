@@ -52,6 +52,7 @@ from tests.fixtures.release import (
     Jobs,
     active_replica,
     free_port,
+    journal_messages,
     make_jobs,
     operator_pods,
     peers,
@@ -1096,12 +1097,7 @@ def case_node_restarted(run: Run, campaign: Campaign) -> None:
     archive = run.check_archive(campaign.minio)
     for i in range(1, 7):
         assert f"progress/step-{i}" in archive.namelist(), i
-    journal = [
-        json.loads(line)
-        for line in archive.read(".context-manager/context.jsonl").splitlines()
-        if line
-    ]
-    stored = [m for r in journal if r.get("op") == "messages" for m in r["messages"]]
+    stored = journal_messages(archive)
     answers = [m for m in stored if m.get("role") == "assistant"]
     calls = [c["id"] for m in answers for c in m.get("tool_calls") or []]
     assert len(answers) == RESUME_STEPS and len(calls) == len(set(calls)), answers
