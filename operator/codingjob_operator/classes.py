@@ -90,6 +90,9 @@ class OperatorDefaults:
 
     agent_image: str
     default_model_base_url: str | None = None
+    #: The model relay's provider for jobs that name none (chart ``relay.defaultProvider``);
+    #: None when the relay is off.
+    relay_default_provider: str | None = None
     #: The egress floor beyond :data:`ALWAYS_DENIED_CIDRS`: node, pod and service CIDRs and the
     #: API server's addresses (chart values).
     denied_cidrs: tuple[str, ...] = ()
@@ -357,6 +360,24 @@ def resolve(
                     f"the class allows endpoints under {allowed}"
                     if allowed
                     else "the class allows only the operator's default endpoint",
+                )
+            )
+
+    # Relay provider: which provider a job's prompts go to, under whose key and on whose bill, is
+    # the admin's choice, like the endpoint. The relay's default provider is always allowed (as
+    # the default endpoint is): a job that names it gets what a job naming nothing gets.
+    if spec.model.provider is not None:
+        providers = [*model.providers]
+        if operator.relay_default_provider and operator.relay_default_provider not in providers:
+            providers.append(operator.relay_default_provider)
+        if spec.model.provider not in providers:
+            out.append(
+                Violation(
+                    "spec.model.provider",
+                    spec.model.provider,
+                    f"the class allows providers {providers}"
+                    if providers
+                    else "the class allows no provider by name",
                 )
             )
 

@@ -199,7 +199,8 @@ class ModelClassSpec(_Model):
     providers: list[Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63)]] = Field(
         default_factory=list,
         max_length=32,
-        description="Named providers (of the model relay) jobs of this class may use.",
+        description="Providers of the model relay spec.model.provider may name. The relay's "
+        "default provider is always allowed. Empty: only the default.",
     )
     base_url_prefixes: list[Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]] = Field(
         default_factory=list,

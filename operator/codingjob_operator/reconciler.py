@@ -203,6 +203,7 @@ class Reconciler:
         self.operator_defaults = classes.OperatorDefaults(
             agent_image=config.agent_image,
             default_model_base_url=config.default_model_base_url,
+            relay_default_provider=(config.relay_default_provider if config.relay_url else None),
             denied_cidrs=tuple(config.denied_cidrs),
         )
         self.dns = builders.ClusterDNS(

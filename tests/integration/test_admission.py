@@ -46,6 +46,8 @@ def _render_policy() -> list[dict[str, Any]]:
             "templates/admission-policy.yaml",
             "--set",
             "sandboxNetwork.deniedCIDRs={" + ",".join(table.DENIED_CIDRS) + "}",
+            "--set",
+            f"relay.defaultProvider={table.RELAY_DEFAULT_PROVIDER}",
         ],
         check=True,
         capture_output=True,

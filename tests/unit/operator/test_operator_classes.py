@@ -16,7 +16,11 @@ from pydantic import ValidationError
 
 from tests.fixtures import class_table as table
 
-OPERATOR = classes.OperatorDefaults(agent_image=table.AGENT_IMAGE, denied_cidrs=table.DENIED_CIDRS)
+OPERATOR = classes.OperatorDefaults(
+    agent_image=table.AGENT_IMAGE,
+    denied_cidrs=table.DENIED_CIDRS,
+    relay_default_provider=table.RELAY_DEFAULT_PROVIDER,
+)
 CLASS = CodingJobClass.model_validate(table.class_manifest())
 
 
@@ -295,6 +299,8 @@ LIMITS: dict[str, list[str]] = {
     "model endpoint path escape": [ENDPOINTS],
     "model endpoint is metadata": [ENDPOINTS],
     "model endpoint other scheme": [ENDPOINTS],
+    "relay provider not allowed": ["the class allows providers ['openai', 'house']"],
+    "relay provider with a suffix": ["the class allows providers ['openai', 'house']"],
 }
 
 
@@ -352,6 +358,21 @@ def test_a_model_endpoint_without_prefixes_or_operator_default() -> None:
         {"task": "t", "model": {"baseURL": "https://models.internal/v1/chat"}}
     )
     assert isinstance(classes.resolve(spec, cls, operator), ResolvedClass)
+
+
+def test_a_relay_provider_without_class_providers_or_relay_default() -> None:
+    cls = CodingJobClass.model_validate({"metadata": {"name": "x"}})
+    spec = CodingJobSpec.model_validate({"task": "t", "model": {"provider": "house"}})
+    bare = classes.OperatorDefaults(agent_image=table.AGENT_IMAGE)
+    result = classes.resolve(spec, cls, bare)
+    assert isinstance(result, list)
+    assert [(v.field, v.value, v.limit) for v in result] == [
+        ("spec.model.provider", "house", "the class allows no provider by name")
+    ]
+    # The relay's default provider is always allowed, as the operator's default endpoint is;
+    # a job naming no provider is never judged on it.
+    assert isinstance(resolve({"model": {"provider": "house"}}, cls), ResolvedClass)
+    assert isinstance(classes.resolve(CodingJobSpec(task="t"), cls, bare), ResolvedClass)
 
 
 def test_a_malformed_cidr_is_refused_by_name() -> None:
