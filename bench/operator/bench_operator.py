@@ -259,6 +259,19 @@ def main() -> int:
         cj_watch.stop.set()
         operator.terminate()
         operator.wait(30)
+        # With the operator gone nobody removes its finalizers, and the namespace would stay
+        # Terminating for good: the benchmark's jobs own nothing worth archiving, so drop them.
+        for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)[
+            "items"
+        ]:
+            custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                item["metadata"]["name"],
+                {"metadata": {"finalizers": None}},
+            )
         core.delete_namespace(namespace)
         custom.delete_cluster_custom_object(GROUP, VERSION, "codingjobclasses", class_name)
 
