@@ -58,12 +58,16 @@ crd: venv ## Regenerate crds/codingjob.yaml and crds/codingjobclass.yaml from th
 test: lint test-unit bench-quick-local test-integration e2e-and-faults bench-quick-cluster ## Run every test: unit, quick benchmarks, integration (cluster, MinIO, images), e2e and the fault campaign.
 
 .PHONY: test-unit
-test-unit: venv ## Unit tests: no network, no cluster.
-	$(PYTEST) tests/unit
+#: Processes for the unit tests: the million-file archive test holds one for minutes while the
+#: other takes the rest.
+UNIT_WORKERS ?= 2
+
+test-unit: venv ## Unit tests: no network, no cluster (in parallel).
+	$(PYTEST) --durations=10 -n $(UNIT_WORKERS) tests/unit
 
 .PHONY: test-integration
-test-integration: venv cluster-up images ## Integration tests on the local cluster, MinIO and the images.
-	$(PYTEST) --durations=15 tests/integration
+test-integration: venv cluster-up images ## Integration tests on the local cluster, MinIO and the images (cluster tests in one process, the rest in another).
+	$(PYTEST) --durations=15 -n 2 --dist loadgroup tests/integration
 
 #: Processes for the e2e tests: they mostly wait on pods, so more than the cores pay off.
 E2E_WORKERS ?= 4
