@@ -295,13 +295,11 @@ def test_masking_skips_an_output_no_larger_than_its_placeholder() -> None:
 
 def test_summary_room_defaults_to_nothing() -> None:
     conv = build(long_turns(4))
+    smallest = smallest_window(conv, 1, strategy=Strategy.SUMMARIZE)
+    assert smallest == build(long_turns(4)[:2] + long_turns(4)[-2:]).window_tokens
     plan = plan_prune(
-        conv,
-        budget=conv.window_tokens - 1,
-        target=conv.window_tokens - 1,
-        strategy=Strategy.SUMMARIZE,
-        keep_turns=1,
+        conv, budget=smallest, target=smallest, strategy=Strategy.SUMMARIZE, keep_turns=1
     )
-    assert plan is not None and plan.summarize
+    assert plan is not None and plan.summarize and plan.tokens == smallest
     conv.apply({"op": "drop", "start": plan.start, "summary": None})
     assert plan.tokens == conv.window_tokens
