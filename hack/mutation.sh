@@ -40,6 +40,7 @@ modules=${MUTATION_MODULES:-names conditions status builders classes ziparchive 
 tests=(
   tests/unit/operator/test_operator_names.py
   tests/unit/operator/test_operator_status.py
+  tests/unit/operator/test_operator_status_forgery.py
   tests/unit/operator/test_operator_builders.py
   tests/unit/operator/test_operator_classes.py
   tests/unit/operator/test_security_properties.py

@@ -56,23 +56,26 @@ def plan_prune(
             if saved > 0:
                 masked.append(index)
                 total -= saved
+    # Under summarize the first turn dropped brings a new summary with a fixed room, into which
+    # the old one is folded. Until then the old summary stays: it may be larger than the room
+    # (a suspended job may resume with a smaller budget).
+    resummary = 0
     if strategy is Strategy.SUMMARIZE:
-        # The old summary is folded into the new one, which gets a fixed room.
-        total += summary_tokens - conversation.summary_tokens
+        resummary = summary_tokens - conversation.summary_tokens
     masked_set = set(masked)
     new_start = start
     for begin, end in conversation.turn_units(start, protected):
         if total <= target:
             break
+        if new_start == start:
+            total += resummary
         for index in range(begin, end):
             if index in masked_set:
                 total -= conversation.placeholder(index)[1]
             else:
                 total -= conversation.cost(index)
         new_start = end
-    summarize = strategy is Strategy.SUMMARIZE and new_start > start
-    if strategy is Strategy.SUMMARIZE and not summarize:
-        total -= summary_tokens - conversation.summary_tokens
+    summarize = strategy is Strategy.SUMMARIZE and new_start != start
     if total > budget:
         raise ContextOverflow(
             f"the context cannot fit {budget} tokens: the system prompt, the task and the last "
@@ -86,8 +89,23 @@ def plan_prune(
     )
 
 
-def smallest_window(conversation: Conversation, keep_turns: int, extra: int = 0) -> int:
-    """Tokens of the smallest window any strategy can reach, plus ``extra`` new tokens."""
+def smallest_window(
+    conversation: Conversation,
+    keep_turns: int,
+    extra: int = 0,
+    *,
+    strategy: Strategy,
+    summary_tokens: int = 0,
+) -> int:
+    """Tokens of the smallest window ``strategy`` can reach once ``extra`` new tokens are added:
+    :func:`plan_prune` with the same arguments overflows exactly for a budget below it."""
     protected = conversation.protected_from(keep_turns)
+    window = conversation.window_tokens + extra
     droppable = sum(conversation.cost(i) for i in range(conversation.start, protected))
-    return conversation.window_tokens + extra - droppable - conversation.summary_tokens
+    if strategy is not Strategy.SUMMARIZE or protected == conversation.start:
+        # Nothing to summarize, or a strategy that keeps an earlier summary (the strategy or
+        # the budget of a suspended job may change before it resumes from its journal).
+        return window - droppable
+    # A new summary in its fixed room replaces the dropped turns and the old summary; a budget
+    # the window already fits needs no plan, even when that summary would be larger.
+    return min(window, window - droppable - conversation.summary_tokens + summary_tokens)

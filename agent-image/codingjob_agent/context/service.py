@@ -20,7 +20,7 @@ from codingjob_agent.context.journal import Journal, Transcript
 from codingjob_agent.context.messages import MessageError, check_additions
 from codingjob_agent.context.model import Completion, ModelCallError, RelayUsage
 from codingjob_agent.context.pruning import ContextOverflow, plan_prune, smallest_window
-from codingjob_agent.context.settings import Settings, Strategy
+from codingjob_agent.context.settings import Settings
 from codingjob_agent.context.state import prepare
 from codingjob_agent.context.summarize import summary_message, summary_request
 from codingjob_agent.context.tokens import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, TokenCounter
@@ -288,9 +288,13 @@ class ContextService:
             extra += REPLY_PRIMING_TOKENS
         if conversation.window_tokens + extra > budget:
             # The loop guard: refuse now what no amount of pruning could fit.
-            smallest = smallest_window(conversation, self.settings.keep_turns, extra)
-            if self.settings.strategy is Strategy.SUMMARIZE:
-                smallest += self.settings.summary_tokens
+            smallest = smallest_window(
+                conversation,
+                self.settings.keep_turns,
+                extra,
+                strategy=self.settings.strategy,
+                summary_tokens=self.settings.summary_tokens,
+            )
             if smallest > budget:
                 raise self._fail(
                     ErrorCode.CONTEXT_OVERFLOW,

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from codingjob_agent.context.conversation import Conversation
-from codingjob_agent.context.pruning import ContextOverflow, plan_prune
+from codingjob_agent.context.pruning import ContextOverflow, plan_prune, smallest_window
 from codingjob_agent.context.settings import Strategy
 from codingjob_agent.context.tokens import counter_for
 
@@ -34,11 +34,17 @@ def conversation(turns: int, output_words: int = 200) -> Conversation:
     return result
 
 
-def plan(conv: Conversation, strategy: Strategy, budget: int, keep_turns: int = 2) -> Any:
+def plan(
+    conv: Conversation,
+    strategy: Strategy,
+    budget: int,
+    keep_turns: int = 2,
+    target: int | None = None,
+) -> Any:
     return plan_prune(
         conv,
         budget=budget,
-        target=int(budget * 0.75),
+        target=int(budget * 0.75) if target is None else target,
         strategy=strategy,
         keep_turns=keep_turns,
         summary_tokens=100,
@@ -119,14 +125,82 @@ def test_a_window_that_cannot_fit_is_an_overflow_not_a_loop(strategy: Strategy) 
 
 @pytest.mark.parametrize("strategy", list(Strategy))
 def test_the_smallest_window_is_exactly_what_pruning_can_reach(strategy: Strategy) -> None:
-    from codingjob_agent.context.pruning import smallest_window
-
     conv = conversation(8)
-    smallest = smallest_window(conv, 2)
-    assert smallest_window(conv, 2, extra=40) == smallest + 40
-    assert 0 < smallest < conv.window_tokens
+    smallest = smallest_window(conv, 2, strategy=strategy, summary_tokens=100)
+    room = 100 if strategy is Strategy.SUMMARIZE else 0
+    assert smallest == COUNTER.request(conv.messages[:2] + conv.messages[-4:]) + room
+    assert smallest_window(conv, 2, 40, strategy=strategy, summary_tokens=100) == smallest + 40
     # Dropping every turn but the last two reaches it; one token less cannot be reached.
-    reached = plan_prune(conv, budget=smallest, target=0, strategy=Strategy.WINDOW, keep_turns=2)
+    reached = plan(conv, strategy, smallest, target=0)
     assert reached is not None and reached.tokens == smallest
     with pytest.raises(ContextOverflow):
-        plan_prune(conv, budget=smallest - 1, target=0, strategy=strategy, keep_turns=2)
+        plan(conv, strategy, smallest - 1, target=0)
+
+
+def pruned_before(summary_words: int | None) -> Conversation:
+    """Eight turns of which an earlier prune dropped the first, leaving a summary of
+    ``summary_words`` words in its place (None: no summary)."""
+    conv = conversation(8)
+    summary = None if summary_words is None else {"role": "user", "content": "s " * summary_words}
+    conv.apply({"op": "drop", "start": 4, "summary": summary})
+    return conv
+
+
+@pytest.mark.parametrize("summary_words", [None, 120])
+@pytest.mark.parametrize("strategy", [Strategy.WINDOW, Strategy.MASK_OBSERVATIONS])
+def test_a_strategy_that_keeps_an_earlier_summary_counts_it_in_the_smallest_window(
+    strategy: Strategy, summary_words: int | None
+) -> None:
+    # A summary written under summarize stays in the window when a suspended job resumes with
+    # another strategy: dropping more turns cannot remove it.
+    conv = pruned_before(summary_words)
+    smallest = smallest_window(conv, 2, strategy=strategy, summary_tokens=100)
+    kept = [conv.summary] if conv.summary else []
+    assert smallest == COUNTER.request(conv.messages[:2] + kept + conv.messages[-4:])
+    reached = plan(conv, strategy, smallest, target=0)
+    assert reached is not None and reached.start == len(conv.messages) - 4
+    conv.apply({"op": "mask", "indices": reached.mask})
+    conv.apply({"op": "drop", "start": reached.start, "summary": conv.summary})
+    assert conv.window_tokens == reached.tokens == smallest
+    with pytest.raises(ContextOverflow):
+        plan(conv, strategy, smallest - 1, target=0)
+
+
+def test_summarize_replaces_an_earlier_summary_larger_than_its_room() -> None:
+    # The room for a summary shrinks with the budget (a suspended job resumed with a smaller
+    # maxTokens): dropping one more turn swaps the old summary for a smaller one.
+    conv = pruned_before(400)
+    smallest = smallest_window(conv, 2, strategy=Strategy.SUMMARIZE, summary_tokens=100)
+    assert smallest == COUNTER.request(conv.messages[:2] + conv.messages[-4:]) + 100
+    budget = conv.window_tokens - 1
+    result = plan(conv, Strategy.SUMMARIZE, budget, target=budget)
+    assert result.summarize and result.start == 6
+    conv.apply({"op": "drop", "start": result.start, "summary": None})
+    assert result.tokens == conv.window_tokens + 100 <= budget
+
+
+def test_summarize_with_nothing_to_drop_leaves_an_earlier_summary_as_it_is() -> None:
+    conv = pruned_before(400)
+    conv.apply({"op": "drop", "start": len(conv.messages) - 4, "summary": conv.summary})
+    window = conv.window_tokens
+    assert smallest_window(conv, 2, strategy=Strategy.SUMMARIZE, summary_tokens=100) == window
+    assert plan(conv, Strategy.SUMMARIZE, window, target=0) is None
+    with pytest.raises(ContextOverflow):
+        plan(conv, Strategy.SUMMARIZE, window - 1, target=0)
+
+
+def test_summarize_never_plans_a_window_larger_than_the_present_one() -> None:
+    # A summary room larger than all there is to drop: the window as it is is the smallest.
+    conv = conversation(3, output_words=5)
+    window = conv.window_tokens
+    smallest = smallest_window(conv, 2, strategy=Strategy.SUMMARIZE, summary_tokens=window)
+    assert smallest == window
+    with pytest.raises(ContextOverflow):
+        plan_prune(
+            conv,
+            budget=window - 1,
+            target=0,
+            strategy=Strategy.SUMMARIZE,
+            keep_turns=2,
+            summary_tokens=window,
+        )

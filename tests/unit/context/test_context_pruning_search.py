@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from codingjob_agent.context.conversation import Conversation
-from codingjob_agent.context.pruning import ContextOverflow, plan_prune
+from codingjob_agent.context.conversation import Conversation, mask_placeholder
+from codingjob_agent.context.pruning import ContextOverflow, plan_prune, smallest_window
 from codingjob_agent.context.settings import Strategy
 from codingjob_agent.context.tokens import counter_for
-from hypothesis import event, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 COUNTER = counter_for("cl100k_base")
@@ -134,6 +134,117 @@ def test_the_plan_reaches_the_budget_whenever_pruning_can(
     )
 
 
+def oracle_threshold(
+    messages: list[dict[str, Any]],
+    start: int,
+    summary: dict[str, Any] | None,
+    window: int,
+    strategy: Strategy,
+    keep_turns: int,
+    room: int,
+) -> int:
+    """The smallest budget a plan can meet in a conversation whose window starts at ``start``
+    with ``summary`` (from an earlier prune) and now takes ``window`` tokens."""
+    assistants = [i for i in range(start, len(messages)) if messages[i]["role"] == "assistant"]
+    keep = max(1, keep_turns)
+    protected = assistants[-keep] if len(assistants) >= keep else start
+    protected_part = build(messages[:2] + messages[protected:]).window_tokens
+    if strategy is Strategy.SUMMARIZE and protected > start:
+        # A new summary in its room replaces the span and the old summary, unless that is
+        # more than the window already takes.
+        return min(window, protected_part + room)
+    # Dropping keeps the old summary; summarize with nothing to drop changes nothing.
+    return protected_part + (COUNTER.message(summary) if summary else 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    messages=conversations(),
+    data=st.data(),
+    strategy=st.sampled_from(list(Strategy)),
+    keep_turns=st.integers(1, 3),
+    summary=st.none() | words.map(lambda text: {"role": "user", "content": "Summary: " + text}),
+    budget_fraction=st.floats(0.25, 1.2),
+    target_fraction=st.floats(0.3, 1.0),
+    summary_tokens=st.integers(0, 150),
+)
+def test_a_conversation_pruned_before_is_pruned_to_the_budget_whenever_pruning_can(
+    messages: list[dict[str, Any]],
+    data: st.DataObject,
+    strategy: Strategy,
+    keep_turns: int,
+    summary: dict[str, Any] | None,
+    budget_fraction: float,
+    target_fraction: float,
+    summary_tokens: int,
+) -> None:
+    """An earlier prune left a dropped prefix, masked outputs and perhaps a summary, written
+    under any strategy and any room (a suspended job may resume with another strategy or
+    budget): the smallest window is still the exact overflow threshold, and plans still reach
+    the budget and, when they can, the target."""
+    cuts = [
+        i
+        for i in range(2, len(messages) + 1)
+        if i == len(messages) or messages[i]["role"] != "tool"
+    ]
+    earlier = data.draw(st.sampled_from(cuts), label="earlier start")
+    assume(earlier > 2 or summary is None)
+    conv = build(messages)
+    conv.apply({"op": "drop", "start": earlier, "summary": summary})
+    protected = conv.protected_from(keep_turns)
+    maskable = [i for i in range(earlier, protected) if conv.maskable(i)]
+    masked = data.draw(st.lists(st.sampled_from(maskable)), label="masked") if maskable else []
+    conv.apply({"op": "mask", "indices": masked})
+    event(f"dropped before: {earlier > 2}, summary: {summary is not None}, masked: {bool(masked)}")
+    window = COUNTER.request(conv.window(), TOOLS)
+    threshold = oracle_threshold(
+        messages, earlier, summary, window, strategy, keep_turns, summary_tokens
+    )
+    smallest = smallest_window(conv, keep_turns, strategy=strategy, summary_tokens=summary_tokens)
+    assert smallest == threshold
+    anywhere = max(1, int(window * budget_fraction))
+    # Either side of the threshold, one token under the window, and anywhere.
+    for budget, target in [
+        (threshold - 1, threshold - 1),
+        (threshold, threshold),
+        (window - 1, window - 1),
+        (anywhere, int(anywhere * target_fraction)),
+    ]:
+        try:
+            plan = plan_prune(
+                conv,
+                budget=budget,
+                target=target,
+                strategy=strategy,
+                keep_turns=keep_turns,
+                summary_tokens=summary_tokens,
+            )
+        except ContextOverflow:
+            assert budget < threshold, "gave up although a plan fits"
+            continue
+        assert budget >= threshold, "planned under the smallest window"
+        if plan is None:
+            assert window <= budget
+            continue
+        assert window > budget
+        assert earlier <= plan.start <= protected
+        assert plan.start == len(messages) or messages[plan.start]["role"] != "tool"
+        assert all(plan.start <= i < protected and conv.maskable(i) for i in plan.mask)
+        assert not set(plan.mask) & set(conv.masked)
+        assert plan.summarize == (strategy is Strategy.SUMMARIZE and plan.start > earlier)
+        after = build(messages)
+        after.apply({"op": "drop", "start": earlier, "summary": summary})
+        after.apply({"op": "mask", "indices": [*conv.masked, *plan.mask]})
+        after.apply(
+            {"op": "drop", "start": plan.start, "summary": None if plan.summarize else summary}
+        )
+        left = COUNTER.request(after.window(), TOOLS) + (summary_tokens if plan.summarize else 0)
+        assert plan.tokens == left, "the plan's own count is wrong"
+        assert left <= budget
+        if threshold <= target:
+            assert left <= target, "stopped before the target although it was reachable"
+
+
 def long_turns(turns: int) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": "sys"},
@@ -157,15 +268,38 @@ def test_masking_stops_exactly_at_the_target() -> None:
     assert (plan.mask, plan.start, plan.tokens) == ([first], 2, target)
 
 
+def test_dropping_stops_exactly_at_the_target() -> None:
+    conv = build(long_turns(4))
+    target = conv.window_tokens - conv.tokens[2] - conv.tokens[3]
+    plan = plan_prune(conv, budget=target, target=target, strategy=Strategy.WINDOW, keep_turns=1)
+    assert plan is not None
+    assert (plan.mask, plan.start, plan.tokens) == ([], 4, target)
+
+
+def test_masking_skips_an_output_no_larger_than_its_placeholder() -> None:
+    messages = long_turns(4)
+    hidden = mask_placeholder(messages[3], "bash")["content"]
+    messages[3] = {**messages[3], "content": hidden}
+    messages[5] = {**messages[5], "content": hidden + " ok"}
+    conv = build(messages)
+    saved = [conv.tokens[i] - conv.placeholder(i)[1] for i in (3, 5, 7)]
+    assert saved[:2] == [0, 1]
+    # Masking the output that saves one token and the long one reaches the target exactly.
+    target = conv.window_tokens - saved[1] - saved[2]
+    plan = plan_prune(
+        conv, budget=target, target=target, strategy=Strategy.MASK_OBSERVATIONS, keep_turns=1
+    )
+    assert plan is not None
+    assert (plan.mask, plan.start, plan.tokens) == ([5, 7], 2, target)
+
+
 def test_summary_room_defaults_to_nothing() -> None:
     conv = build(long_turns(4))
+    smallest = smallest_window(conv, 1, strategy=Strategy.SUMMARIZE)
+    assert smallest == build(long_turns(4)[:2] + long_turns(4)[-2:]).window_tokens
     plan = plan_prune(
-        conv,
-        budget=conv.window_tokens - 1,
-        target=conv.window_tokens - 1,
-        strategy=Strategy.SUMMARIZE,
-        keep_turns=1,
+        conv, budget=smallest, target=smallest, strategy=Strategy.SUMMARIZE, keep_turns=1
     )
-    assert plan is not None and plan.summarize
+    assert plan is not None and plan.summarize and plan.tokens == smallest
     conv.apply({"op": "drop", "start": plan.start, "summary": None})
     assert plan.tokens == conv.window_tokens

@@ -27,6 +27,7 @@ from codingjob_operator.status import (
     archive_view,
     deletion_patch,
     derive_status,
+    fail_now,
     pod_view,
     sidecar_report,
 )
@@ -1047,6 +1048,76 @@ def test_exit_0_without_result_names_a_broken_sidecar() -> None:
     assert "context-manager: CrashLoopBackOff" in decision.patch["message"]
 
 
+def test_exit_0_without_result_and_a_sidecar_that_says_nothing() -> None:
+    pod = PodView(
+        phase="Succeeded",
+        created_at=EARLIER,
+        agent=ContainerView(terminated=True, exit_code=0),
+        sidecar=ContainerView(),
+    )
+    decision = derive_status(observe({"phase": "Running"}, pod=pod))
+    assert decision.patch["message"] == (
+        "agent exited with code 0 without writing its result; "
+        "container context-manager: not running"
+    )
+
+
+@pytest.mark.parametrize(
+    ("reason", "message", "expected"),
+    [
+        ("Error", None, "agent exited with code 2"),
+        ("ContainerStatusUnknown", None, "agent exited with code 2 (ContainerStatusUnknown)"),
+        ("Error", "no such file", "agent exited with code 2: no such file"),
+    ],
+)
+def test_an_exit_without_result_names_the_code_the_container_reason_and_its_message(
+    reason: str, message: str | None, expected: str
+) -> None:
+    pod = PodView(
+        phase="Failed",
+        created_at=EARLIER,
+        agent=ContainerView(terminated=True, exit_code=2, reason=reason, message=message),
+    )
+    decision = derive_status(observe({"phase": "Running"}, pod=pod))
+    assert (decision.patch["reason"], decision.patch["message"]) == (c.AGENT_ERROR, expected)
+
+
+def test_the_deadline_does_not_wait_for_the_sidecars_counts() -> None:
+    # The kubelet kills both containers at the deadline; the job ends at once, with the
+    # deadline's own reason and message.
+    pod = PodView(
+        phase="Running",
+        reason="DeadlineExceeded",
+        message="Pod was active on the node longer than the specified deadline",
+        created_at=EARLIER,
+        agent=ContainerView(terminated=True, exit_code=137),
+        sidecar=ContainerView(running=True),
+    )
+    decision = derive_status(observe({"phase": "Running"}, pod=pod))
+    assert decision.patch["reason"] == c.DEADLINE_EXCEEDED
+    assert decision.patch["message"] == pod.message
+    assert Action.DELETE_POD in decision.actions
+    ready = c.find_condition(decision.patch["conditions"], c.READY)
+    assert ready is not None and ready["reason"] == c.AGENT_TERMINATED
+
+
+def test_failing_at_once_with_an_archive_problem_explains_it_in_the_archived_condition() -> None:
+    decision = fail_now(
+        observe({"phase": "Running"}),
+        c.ARCHIVE_FAILED,
+        "no archiver credentials: AccessDenied",
+        archived="no archiver credentials: AccessDenied",
+    )
+    assert decision.patch["phase"] == "Failed"
+    archived = c.find_condition(decision.patch["conditions"], c.ARCHIVED)
+    assert archived is not None
+    assert (archived["status"], archived["reason"], archived["message"]) == (
+        "False",
+        c.ARCHIVE_FAILED,
+        "no archiver credentials: AccessDenied",
+    )
+
+
 def test_pod_view_reads_the_disruption_target() -> None:
     raw = {
         "metadata": {"creationTimestamp": "2026-01-01T11:59:00Z"},
@@ -1064,6 +1135,8 @@ def test_pod_view_reads_the_disruption_target() -> None:
     }
     view = pod_view(raw)
     assert view.disruption == "TerminationByKubelet: The node was low on resource: memory."
+    del raw["status"]["conditions"][0]["message"]
+    assert pod_view(raw).disruption == "TerminationByKubelet"
     raw["status"]["conditions"][0]["status"] = "False"
     assert pod_view(raw).disruption is None
 
@@ -1100,6 +1173,23 @@ def test_the_sidecar_report_falls_back_to_the_previous_termination() -> None:
     assert found is not None and found.steps == 7
 
 
+@pytest.mark.parametrize(
+    "sidecar",
+    [
+        # Restarted and running again: only the termination before holds counts.
+        ContainerView(running=True, restart_count=1, last_message=json.dumps({"steps": 7})),
+        # Terminated again before writing its message.
+        ContainerView(terminated=True, message="", last_message=json.dumps({"steps": 7})),
+    ],
+)
+def test_a_restarted_sidecar_without_a_message_yet_reports_its_previous_termination(
+    sidecar: ContainerView,
+) -> None:
+    pod = PodView(phase="Running", created_at=EARLIER, sidecar=sidecar)
+    found = sidecar_report(pod)
+    assert found is not None and found.steps == 7
+
+
 def test_archive_view_takes_the_newest_pod() -> None:
     job = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
 
@@ -1120,6 +1210,19 @@ def test_archive_view_takes_the_newest_pod() -> None:
         job, [pod("2026-01-01T12:00:00Z", "new"), pod("2026-01-01T11:00:00Z", "old")]
     )
     assert view == ArchiveJobView(succeeded=True, termination_message="new")
+
+
+def test_archive_view_explains_the_newest_waiting_pod() -> None:
+    def pod(created: str, reason: str) -> dict[str, Any]:
+        waiting = {"reason": reason, "message": "details"}
+        return {
+            "metadata": {"creationTimestamp": created},
+            "status": {"containerStatuses": [{"name": "archiver", "state": {"waiting": waiting}}]},
+        }
+
+    newest_first = [pod("2026-01-01T12:00:00Z", "ErrImagePull"), pod("2026-01-01T11:00:00Z", "Old")]
+    assert archive_view({}, newest_first).waiting == "ErrImagePull: details"
+    assert archive_view({}, newest_first[::-1]).waiting == "ErrImagePull: details"
 
 
 def test_archiver_that_cannot_start_is_explained() -> None:
