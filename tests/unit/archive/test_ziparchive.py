@@ -504,6 +504,8 @@ def test_incompressible_files_are_stored_at_level_0_and_still_round_trip(tmp_pat
         (b"def f(x):\n    return x\n" * 1000, ziparchive.DEFLATE_LEVEL),
         (os.urandom(16384), 0),
     ],
+    # Named: random bytes in the id would differ between the processes of a parallel run.
+    ids=["zeros", "source", "random"],
 )
 def test_level_from_a_sample(content: bytes, level: int) -> None:
     assert choose_level(content) == level
