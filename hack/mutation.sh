@@ -46,6 +46,8 @@ tests=(
   tests/unit/operator/test_reconciler_paths.py
   tests/unit/archive/test_ziparchive.py
   tests/unit/archive/test_ziparchive_trees.py
+  tests/unit/archive/test_ziparchive_layout.py
+  tests/unit/archive/test_ziparchive_faults.py
   tests/unit/context/test_context_pruning.py
   tests/unit/context/test_context_pruning_search.py
   tests/unit/context/test_context_tokens.py
