@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import stat
 import threading
 import zipfile
@@ -278,3 +279,39 @@ def test_hard_links_of_inodes_numbered_past_2_to_the_63_are_found(
         ("b-link", "b"),
         ("c-link", "c"),
     ]
+
+
+def test_many_small_files_deep_down_fit_in_the_limit_of_open_files(tmp_path: Path) -> None:
+    """The soft limit of open files is 1024 in containers under containerd 2, as under
+    systemd (512 here, for fewer files). Each file waiting to be written holds its descriptor,
+    and so does each directory being walked: they must stay within the limit, or files are
+    skipped with "Too many open files"."""
+    deep = tmp_path.joinpath(*["d"] * 60)
+    deep.mkdir(parents=True)
+    for i in range(600):
+        (deep / f"{i:03}").write_bytes(b"x")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(512, hard), hard))
+    try:
+        archive, records = build_zip(tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert records == []
+    assert sum(not name.endswith("/") for name in archive.namelist()) == 600 + 1
+
+
+def test_the_files_waiting_leave_room_in_the_limit_of_open_files(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limit = {"soft": 0}
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (limit["soft"], resource.RLIM_INFINITY))
+
+    def waiting_at(soft: int) -> int:
+        limit["soft"] = soft
+        return ziparchive.waiting_limit()
+
+    assert waiting_at(resource.RLIM_INFINITY) == waiting_at(100_000) == ziparchive.WAITING_ENTRIES
+    assert waiting_at(300) == 1  # not even room for the walk: one file at a time
+    open_now = len(os.listdir("/proc/self/fd"))
+    room = 1024 - open_now - ziparchive.MAX_DEPTH - ziparchive.SPARE_FDS
+    assert waiting_at(1024) == room
