@@ -59,6 +59,10 @@ deselect=(
   tests/unit/archive/test_ziparchive.py::test_entries_written_at_once_are_streamed_in_small_chunks
 )
 
+toml_list() { printf '"%s", ' "$@" | sed 's/, $//'; }
+selection=("${tests[@]}")
+for t in "${deselect[@]}"; do selection+=(--deselect "$t"); done
+
 out="$repo/artifacts/mutation"
 mkdir -p "$out"
 run_mutmut() {
@@ -75,6 +79,9 @@ if [ -n "${MUTATION_WORKDIR:-}" ] && [ -d "$MUTATION_WORKDIR/mutants" ]; then
   cp -r operator/codingjob_operator/. "$work/src/codingjob_operator/"
   cp -r agent-image/codingjob_agent/. "$work/src/codingjob_agent/"
   cd "$work"
+  # The test selection is this script's as it is now: a test file added to the list takes part.
+  sed -i "s|^pytest_add_cli_args_test_selection = .*|pytest_add_cli_args_test_selection = [$(
+    toml_list "${selection[@]}")]|" pyproject.toml
   # mutmut maps only new tests to the functions they reach; a test that was changed keeps its old
   # map, so the whole map is made again.
   rm -f mutants/mutmut-stats.json
@@ -104,11 +111,8 @@ else
   mv "$work/operator/codingjob_operator" "$work/agent-image/codingjob_agent" "$work/src/"
   cd "$work"
 
-  toml_list() { printf '"%s", ' "$@" | sed 's/, $//'; }
   only=()
   for m in $modules; do only+=("src/${source[$m]}"); done
-  selection=("${tests[@]}")
-  for t in "${deselect[@]}"; do selection+=(--deselect "$t"); done
   # Everything else the tests read (samples, chart, golden files) comes along into mutants/.
   mapfile -t extra < <(find . -mindepth 1 -maxdepth 1 ! -name src ! -name tests ! -name .git \
     ! -name pyproject.toml -printf '%P\n' | sort)
