@@ -199,9 +199,13 @@ def test_entries_failing_at_each_step_are_skipped_with_why_and_their_siblings_ke
     ]
 
 
-def test_a_stream_stopped_deep_down_leaves_no_descriptor_open(tmp_path: Path) -> None:
+def test_a_stream_stopped_deep_down_leaves_no_descriptor_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The size cap stops the walk two directories down: their descriptors, the spools and
     the table of links are closed all the same (the archiver may be a long-lived process)."""
+    # Each file is written as soon as it is walked, so the walk is still in a/b.
+    monkeypatch.setattr(ziparchive, "IN_FLIGHT_BYTES", 1024)
     deep = tmp_path / "a" / "b"
     deep.mkdir(parents=True)
     (deep / "blob").write_bytes(os.urandom(3 * 1024 * 1024))
