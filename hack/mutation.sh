@@ -87,6 +87,9 @@ if [ -n "${MUTATION_WORKDIR:-}" ] && [ -d "$MUTATION_WORKDIR/mutants" ]; then
   rm -f mutants/mutmut-stats.json
   start=$(date +%s)
   if [ -f sample.txt ]; then
+    # First the mutants of the functions that changed are made again (untested), so that a
+    # sampled one killed before is on the list below.
+    run_mutmut 'generate-only' >"$out/rerun.log" 2>&1 || true
     mapfile -t retry < <("$mutmut" results --all true | grep -F -f <(sed 's/$/:/' sample.txt) \
       | not_killed)
   else
