@@ -47,6 +47,8 @@ tests=(
   tests/unit/operator/test_reconciler_paths.py
   tests/unit/archive/test_ziparchive.py
   tests/unit/archive/test_ziparchive_trees.py
+  tests/unit/archive/test_ziparchive_layout.py
+  tests/unit/archive/test_ziparchive_faults.py
   tests/unit/context/test_context_pruning.py
   tests/unit/context/test_context_pruning_search.py
   tests/unit/context/test_context_tokens.py
@@ -57,6 +59,10 @@ deselect=(
   tests/unit/archive/test_ziparchive.py::test_more_than_65535_entries_use_a_zip64_directory
   tests/unit/archive/test_ziparchive.py::test_entries_written_at_once_are_streamed_in_small_chunks
 )
+
+toml_list() { printf '"%s", ' "$@" | sed 's/, $//'; }
+selection=("${tests[@]}")
+for t in "${deselect[@]}"; do selection+=(--deselect "$t"); done
 
 out="$repo/artifacts/mutation"
 mkdir -p "$out"
@@ -74,11 +80,17 @@ if [ -n "${MUTATION_WORKDIR:-}" ] && [ -d "$MUTATION_WORKDIR/mutants" ]; then
   cp -r operator/codingjob_operator/. "$work/src/codingjob_operator/"
   cp -r agent-image/codingjob_agent/. "$work/src/codingjob_agent/"
   cd "$work"
+  # The test selection is this script's as it is now: a test file added to the list takes part.
+  sed -i "s|^pytest_add_cli_args_test_selection = .*|pytest_add_cli_args_test_selection = [$(
+    toml_list "${selection[@]}")]|" pyproject.toml
   # mutmut maps only new tests to the functions they reach; a test that was changed keeps its old
   # map, so the whole map is made again.
   rm -f mutants/mutmut-stats.json
   start=$(date +%s)
   if [ -f sample.txt ]; then
+    # First the mutants of the functions that changed are made again (untested), so that a
+    # sampled one killed before is on the list below.
+    run_mutmut 'generate-only' >"$out/rerun.log" 2>&1 || true
     mapfile -t retry < <("$mutmut" results --all true | grep -F -f <(sed 's/$/:/' sample.txt) \
       | not_killed)
   else
@@ -103,11 +115,8 @@ else
   mv "$work/operator/codingjob_operator" "$work/agent-image/codingjob_agent" "$work/src/"
   cd "$work"
 
-  toml_list() { printf '"%s", ' "$@" | sed 's/, $//'; }
   only=()
   for m in $modules; do only+=("src/${source[$m]}"); done
-  selection=("${tests[@]}")
-  for t in "${deselect[@]}"; do selection+=(--deselect "$t"); done
   # Everything else the tests read (samples, chart, golden files) comes along into mutants/.
   mapfile -t extra < <(find . -mindepth 1 -maxdepth 1 ! -name src ! -name tests ! -name .git \
     ! -name pyproject.toml -printf '%P\n' | sort)

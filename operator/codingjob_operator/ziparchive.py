@@ -16,6 +16,8 @@ The workspace is untrusted (the agent wrote it), so the archive is bounded and h
   directory and the manifest are spooled to a temporary file; a large directory listing is
   sorted in runs spilled to a temporary file and merged; names already used in a directory are
   held as 8-byte digests (:class:`FoldedNames`).
+* Open descriptors are bounded: the files waiting to be written leave room, in the soft limit of
+  open files, for a walk :data:`MAX_DEPTH` deep (:func:`waiting_limit`).
 
 Why not ``stream-zip`` (used before): it deflates every member on the calling thread and keeps
 the central directory in memory; parallel compression of independent pieces (pigz's scheme) and
@@ -36,6 +38,7 @@ import json
 import logging
 import os
 import re
+import resource
 import sqlite3
 import stat
 import struct
@@ -63,6 +66,8 @@ BATCH_BYTES = 1024 * 1024
 BATCH_FILES = 256
 #: Raw bytes handed to the compressing threads and not yet written: the memory bound.
 IN_FLIGHT_BYTES = 16 * 1024 * 1024
+#: Entries waiting to be written, at most (each file among them holds its descriptor).
+WAITING_ENTRIES = 4 * BATCH_FILES
 #: Pieces of one large file compressed ahead of the one being written.
 LOOKAHEAD = 8
 #: Pieces from this size on are sampled before choosing the level.
@@ -74,6 +79,8 @@ INCOMPRESSIBLE_RATIO = 0.97
 HOLE_LIMIT = 64 * 1024 * 1024
 #: Deeper directories are skipped: each level holds one open descriptor.
 MAX_DEPTH = 256
+#: Descriptors left free besides the walk's directories, for the spools, SQLite and the caller.
+SPARE_FDS = 64
 #: Names longer than this (UTF-8 bytes) are shortened: most file systems allow 255.
 MAX_COMPONENT_BYTES = 255
 #: The list of renamed, linked and skipped entries, written last, one JSON object per line.
@@ -886,6 +893,18 @@ class _Writer:
         self.directory.close()
 
 
+def waiting_limit() -> int:
+    """How many entries may wait to be written: :data:`WAITING_ENTRIES`, fewer when the soft
+    limit of open files (1024 in containers under containerd 2, as under systemd) would not
+    leave room for the descriptors open now, a walk :data:`MAX_DEPTH` deep and
+    :data:`SPARE_FDS`."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return WAITING_ENTRIES
+    room = soft - len(os.listdir("/proc/self/fd")) - MAX_DEPTH - SPARE_FDS
+    return max(1, min(WAITING_ENTRIES, room))
+
+
 def default_workers() -> int:
     """Compressing threads: the CPUs this process may run on, at most 8."""
     return max(1, min(8, len(os.sched_getaffinity(0))))
@@ -918,6 +937,7 @@ def stream_workspace(
         max_workers=workers or default_workers(), thread_name_prefix="deflate"
     )
     pending: collections.deque[_Entry] = collections.deque()
+    waiting = waiting_limit()
     batch: list[_Piece] = []
     batch_bytes = 0
     in_flight = 0
@@ -979,7 +999,7 @@ def stream_workspace(
                     entry.weight = min(entry.size, LOOKAHEAD * PIECE_SIZE)
                 in_flight += entry.weight
             pending.append(entry)
-            while in_flight > IN_FLIGHT_BYTES or len(pending) > 4 * BATCH_FILES:
+            while in_flight > IN_FLIGHT_BYTES or len(pending) > waiting:
                 submit()
                 yield from write_head()
         submit()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -86,6 +87,7 @@ def test_entry_name_rejects_escapes(parts: list[str]) -> None:
         ("plain.txt", "plain.txt"),
         ("日本語.md", "日本語.md"),
         (os.fsdecode(b"caf\xe9.txt"), "caf%E9.txt"),
+        (os.fsdecode(b"\x80\xff"), "%80%FF"),  # the ends of the range of undecodable bytes
         ("a\\b", "a_b"),
         ("c:evil", "c_evil"),
         ('q"u<o>t|e?*', "q_u_o_t_e__"),
@@ -107,7 +109,9 @@ def test_names_are_made_portable(name: str, safe: str) -> None:
 
 def test_long_names_are_cut_with_a_hash_of_the_original() -> None:
     a, b = safe_component("x" * 300), safe_component("x" * 299 + "y")
-    assert len(a.encode()) <= 255 and len(b.encode()) <= 255
+    # As much of the name as 255 bytes hold: 242 of it, "~" and 12 hex digits of its hash.
+    assert a == "x" * 242 + "~" + hashlib.sha256(b"x" * 300).hexdigest()[:12]
+    assert len(b.encode()) == 255
     assert a != b
     assert len(safe_component("é" * 200).encode()) <= 255
 
@@ -381,6 +385,24 @@ def test_sparse_files_are_bounded_by_what_is_allocated(
     _, records = manifest(archive)
     assert {r["name"] for r in records} == {"8E", "data-then-hole"}
     assert all("sparse file" in r["reason"] for r in records)
+
+
+def test_data_bytes_are_the_data_extents_of_a_sparse_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ziparchive, "HOLE_LIMIT", 64 * 1024)  # measured, not taken as it is
+    with (tmp_path / "sparse").open("wb") as out:
+        out.write(b"a" * 4096)
+        out.seek(1024 * 1024)
+        out.write(b"b" * 4096)
+        out.truncate(3 * 1024 * 1024)
+    fd = os.open(tmp_path / "sparse", os.O_RDONLY)
+    try:
+        info = os.fstat(fd)
+        # Never below what is allocated (compressing file systems count fewer blocks).
+        assert ziparchive.data_bytes(fd, info) == max(2 * 4096, info.st_blocks * 512)
+    finally:
+        os.close(fd)
 
 
 def test_the_manifest_name_is_kept_free(tmp_path: Path) -> None:
