@@ -6,49 +6,26 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from codingjob_agent.context.journal import Journal, Transcript
-from codingjob_agent.context.model import Completion
 from codingjob_agent.context.service import ContextService, StepError
 from codingjob_agent.context.settings import Settings
 from codingjob_agent.context.tokens import counter_for
 from codingjob_agent.protocol import ErrorCode, StepRequest
 
+from tests.fixtures.bash_model import TOOLS, BashCallModel
+
 COUNTER = counter_for("cl100k_base")
-TOOLS = [{"type": "function", "function": {"name": "bash", "parameters": {"type": "object"}}}]
 
 
-class Model:
-    """Answers every step with one bash call."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def complete(
-        self,
-        messages: Sequence[dict[str, Any]],
-        tools: Sequence[dict[str, Any]] = (),
-        max_tokens: int | None = None,
-    ) -> Completion:
-        self.calls += 1
-        call = {
-            "id": f"call_{self.calls}",
-            "type": "function",
-            "function": {"name": "bash", "arguments": "{}"},
-        }
-        message = {"role": "assistant", "content": f"step {self.calls}", "tool_calls": [call]}
-        return Completion(message, "tool_calls", 10, 5)
-
-
-def service(workspace: Path) -> tuple[ContextService, Model]:
+def service(workspace: Path) -> tuple[ContextService, BashCallModel]:
     settings = Settings(
         model_base_url="http://model.invalid/v1", model_name="m", workspace=workspace
     )
-    model = Model()
+    model = BashCallModel()
     svc = ContextService(settings, COUNTER, model)
     svc.load()
     return svc, model

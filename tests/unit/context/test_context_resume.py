@@ -5,45 +5,19 @@ whenever the protected part does, refusing the rest before anything is stored.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 from codingjob_agent.context.conversation import Conversation
-from codingjob_agent.context.model import Completion
 from codingjob_agent.context.service import ContextService, StepError
 from codingjob_agent.context.settings import Settings, Strategy
 from codingjob_agent.context.tokens import counter_for
 from codingjob_agent.protocol import ErrorCode, StepRequest
 
+from tests.fixtures.bash_model import TOOLS, BashCallModel
+
 COUNTER = counter_for("cl100k_base")
-TOOLS = [{"type": "function", "function": {"name": "bash", "parameters": {"type": "object"}}}]
 OUTPUT_TOKENS = 200
-
-
-class Model:
-    """Answers every step with one bash call, and every summary request with a long summary."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def complete(
-        self,
-        messages: Sequence[dict[str, Any]],
-        tools: Sequence[dict[str, Any]] = (),
-        max_tokens: int | None = None,
-    ) -> Completion:
-        self.calls += 1
-        if not tools:
-            return Completion({"role": "assistant", "content": "done " * 5000}, "length", 10, 5)
-        call = {
-            "id": f"call_{self.calls}",
-            "type": "function",
-            "function": {"name": "bash", "arguments": "{}"},
-        }
-        message = {"role": "assistant", "content": f"step {self.calls}", "tool_calls": [call]}
-        return Completion(message, "tool_calls", 10, 5)
 
 
 def service(workspace: Path, strategy: Strategy, budget: int) -> ContextService:
@@ -55,7 +29,7 @@ def service(workspace: Path, strategy: Strategy, budget: int) -> ContextService:
         max_tokens=budget + OUTPUT_TOKENS,
         model_max_output_tokens=OUTPUT_TOKENS,
     )
-    svc = ContextService(settings, COUNTER, Model())
+    svc = ContextService(settings, COUNTER, BashCallModel(summary="done " * 5000))
     svc.load()
     return svc
 
