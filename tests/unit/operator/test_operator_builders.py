@@ -285,7 +285,18 @@ def test_archiver_never_sees_the_sandbox_secrets_and_the_sandbox_never_sees_stor
 
 @pytest.mark.parametrize(
     ("active", "soft"),
-    [(None, 0), (1, 1), (60, 30), (300, 270), (3600, 3300), (7200, 6900), (86400, 86100)],
+    [
+        (None, 0),
+        (1, 1),
+        (60, 30),
+        (300, 270),
+        # Between the floor and the cap the margin is exactly a tenth.
+        (1000, 900),
+        (2990, 2691),
+        (3600, 3300),
+        (7200, 6900),
+        (86400, 86100),
+    ],
 )
 def test_agent_deadline_leaves_time_to_write_the_result(active: int | None, soft: int) -> None:
     assert builders.deadline_seconds(active) == soft
@@ -364,6 +375,22 @@ def test_restricted_sandbox_reaches_dns_and_the_model_only() -> None:
         "matchLabels": {"app.kubernetes.io/name": "scripted-model"}
     }
     assert {p["protocol"] for p in model["ports"]} == {"TCP"}
+
+
+@pytest.mark.parametrize(
+    "peer",
+    [
+        builders.EgressPeer(namespace="models", ports=(8000,)),
+        builders.EgressPeer(pod_selector={"app": "model"}, ports=(8000,)),
+    ],
+    ids=["namespace without pods", "pods without namespace"],
+)
+def test_a_half_named_service_peer_opens_nothing(peer: builders.EgressPeer) -> None:
+    # A namespace alone would open every pod in it; a pod selector alone, pods of the job's
+    # own namespace. Only a Service's namespace and selector together name its pods.
+    assert _egress({"egress": "Restricted"}, model_peers=(peer,)) == _egress(
+        {"egress": "Restricted"}
+    )
 
 
 def test_open_sandbox_reaches_dns_the_model_and_the_internet_minus_the_floor() -> None:
