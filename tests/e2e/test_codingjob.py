@@ -20,7 +20,7 @@ from kubernetes.stream import stream
 from tests.e2e.conftest import ARTIFACTS, REPO, Jobs, operator_logs, port_forward, wait_for
 from tests.fixtures.cluster import watch_until
 from tests.fixtures.events import operator_errors
-from tests.fixtures.release import RELEASE, journal_messages
+from tests.fixtures.release import RELEASE, journal_messages, minio_as_root
 from tests.fixtures.security import archiver_violations, sandbox_violations
 
 pytestmark = pytest.mark.e2e
@@ -302,20 +302,9 @@ def test_suspend_and_resume(jobs: Jobs, minio_forward: int) -> None:
 def stored_object(operator_release: str, core: client.CoreV1Api, port: int, key: str) -> int | None:
     """Size of ``key`` in the bundled MinIO (asked with its root user, as an admin would), or
     None when there is no such object."""
-    from minio import Minio
     from minio.error import S3Error
 
-    root = core.list_namespaced_secret(
-        operator_release, label_selector="app.kubernetes.io/component=minio"
-    ).items[0]
-    keys = {k: base64.b64decode(v).decode() for k, v in (root.data or {}).items()}
-    store = Minio(
-        f"127.0.0.1:{port}",
-        access_key=keys["access-key"],
-        secret_key=keys["secret-key"],
-        secure=False,
-        region="us-east-1",
-    )
+    store = minio_as_root(core, operator_release, port)
     try:
         return int(store.stat_object("codingjob-artifacts", key).size or 0)
     except S3Error as error:

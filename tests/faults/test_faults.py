@@ -15,7 +15,6 @@ printed and saved under artifacts/faults/.
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import contextlib
 import datetime
@@ -54,6 +53,7 @@ from tests.fixtures.release import (
     free_port,
     journal_messages,
     make_jobs,
+    minio_as_root,
     operator_pods,
     peers,
     wait_for,
@@ -752,23 +752,12 @@ def case_minio_stopped(run: Run, campaign: Campaign) -> None:
 def stored_archives(campaign: Campaign, run: Run) -> dict[str, str]:
     """The objects under the job's prefix in the bundled MinIO (asked with its root user, as an
     admin would), each with its ETag: a second upload would show as another object or ETag."""
-    from minio import Minio
-
-    root = campaign.core.list_namespaced_secret(
-        SYSTEM_NAMESPACE, label_selector=f"{COMPONENT_LABEL}=minio"
-    ).items[0]
-    keys = {k: base64.b64decode(v).decode() for k, v in (root.data or {}).items()}
     uid = run.jobs.get(JOB)["metadata"]["uid"]
     prefix = names.archive_prefix(run.namespace, JOB, uid)
     for _ in range(10):
         try:
-            store = Minio(
-                f"127.0.0.1:{campaign.minio.port}",
-                access_key=keys["access-key"],
-                secret_key=keys["secret-key"],
-                secure=False,
-                region="us-east-1",
-            )
+            # A new client each time: the last one's connections went with the lost pod.
+            store = minio_as_root(campaign.core, SYSTEM_NAMESPACE, campaign.minio.port)
             found = store.list_objects(ARCHIVE_BUCKET, prefix=prefix, recursive=True)
             return {str(o.object_name): str(o.etag) for o in found}
         except OSError:  # the port-forward lost its pod

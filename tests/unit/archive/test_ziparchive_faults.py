@@ -111,6 +111,17 @@ def test_a_file_that_shrinks_between_pieces_fails_the_stream(
         b"".join(stream_workspace(tmp_path, ArchiveStats(), workers=2))
 
 
+def stat_sees_pipe_as(before: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk's stat of ``pipe`` answers what ``before`` was: the swap happens after it."""
+    seen_before = os.stat(before)
+    real_stat = os.stat
+    monkeypatch.setattr(
+        os,
+        "stat",
+        lambda path, *a, **k: seen_before if path == "pipe" else real_stat(path, *a, **k),
+    )
+
+
 def test_a_fifo_swapped_in_after_the_stat_is_skipped_not_waited_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -118,13 +129,7 @@ def test_a_fifo_swapped_in_after_the_stat_is_skipped_not_waited_on(
     (tmp_path / "regular").write_bytes(b"r" * 100)
     os.mkfifo(tmp_path / "pipe")
     (tmp_path / "z").write_bytes(b"after")
-    seen_before = os.stat(tmp_path / "regular")
-    real_stat = os.stat
-    monkeypatch.setattr(
-        os,
-        "stat",
-        lambda path, *a, **k: seen_before if path == "pipe" else real_stat(path, *a, **k),
-    )
+    stat_sees_pipe_as(tmp_path / "regular", monkeypatch)
     with writer_after_5_s(tmp_path / "pipe") as unblocked:
         archive, records = build_zip(tmp_path)
     assert not unblocked, "the archiver waited on the FIFO"
@@ -137,13 +142,7 @@ def test_a_directory_swapped_for_a_fifo_after_the_stat_is_skipped_not_waited_on(
 ) -> None:
     (tmp_path / "dir").mkdir()
     os.mkfifo(tmp_path / "pipe")
-    seen_before = os.stat(tmp_path / "dir")
-    real_stat = os.stat
-    monkeypatch.setattr(
-        os,
-        "stat",
-        lambda path, *a, **k: seen_before if path == "pipe" else real_stat(path, *a, **k),
-    )
+    stat_sees_pipe_as(tmp_path / "dir", monkeypatch)
     with writer_after_5_s(tmp_path / "pipe") as unblocked:
         archive, records = build_zip(tmp_path)
     assert not unblocked, "the archiver waited on the FIFO"
