@@ -433,8 +433,26 @@ def test_image_novnc_answers_quickly(desktop_pod: Pod) -> None:
     assert ready < 60
 
 
+def _desktop_logs(pod: Pod) -> str:
+    """The desktop services' logs in the agent container, for a failure message."""
+    return _docker("exec", pod.container("agent"), "sh", "-c",
+                   "tail -n 20 /tmp/codingjob/*.log", check=False)  # fmt: skip
+
+
+@pytest.mark.docker
+def test_image_desktop_services_start_once(desktop_pod: Pod) -> None:
+    # supervisord logs at warn: an exit it did not expect (and so a restart) shows up, an exit it
+    # expected does not. A service that exits and restarts over and over costs the sandbox CPU
+    # for the life of the pod; the wallpaper did that once.
+    assert _wait(lambda: "agent_start: services ready" in desktop_pod.logs("agent"), 60)
+    time.sleep(5)
+    log = _docker("exec", desktop_pod.container("agent"), "cat", "/tmp/codingjob/supervisord.log")
+    assert "not expected" not in log and "gave up" not in log, _desktop_logs(desktop_pod)
+
+
 @pytest.mark.docker
 def test_image_novnc_connects_with_the_password(desktop_pod: Pod) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
     from playwright.sync_api import sync_playwright
 
     assert _wait(lambda: _http_status(desktop_pod.url(6080, "/vnc.html")) == 200, 60)
@@ -449,10 +467,16 @@ def test_image_novnc_connects_with_the_password(desktop_pod: Pod) -> None:
                     6080, f"/vnc.html?autoconnect=1&resize=off&password={desktop_pod.vnc_password}"
                 )
             )
-            page.wait_for_function(
-                "document.getElementById('noVNC_status').textContent.includes('Connected')",
-                timeout=30_000,
-            )
+            try:
+                page.wait_for_function(
+                    "document.getElementById('noVNC_status').textContent.includes('Connected')",
+                    timeout=30_000,
+                )
+            except PlaywrightTimeoutError:
+                status = page.evaluate("document.getElementById('noVNC_status').textContent")
+                page.screenshot(path=str(ARTIFACTS / "agent-image-novnc-timeout.png"))
+                logs = _desktop_logs(desktop_pod)
+                pytest.fail(f"noVNC did not connect: status {status!r}\n{logs}")
             # Let the first framebuffer update arrive, then look at the canvas's pixels.
             page.wait_for_timeout(1500)
             colours = page.evaluate(
