@@ -301,15 +301,14 @@ def test_provider_key_is_sent_and_required(
     assert refused.value.response.headers["x-should-retry"] == "false"
     # The provider's own text (some quote part of the key) stays in the relay's log.
     assert "incorrect or missing API key" not in refused.value.message
-    assert "incorrect or missing API key" in relay.server.log()
-    assert "sk-provider-secret" not in relay.server.log()
+    assert "sk-provider-secret" not in relay.server.wait_for("incorrect or missing API key")
 
 
 def test_json_logs(model_relay: Callable[..., ModelRelay], todo: ScriptedModel) -> None:
     relay = model_relay([provider(todo)], log_format="json")
     todo.outage(status=503, requests=1)
     step(relay, relay.credential(uid="uid-json"), todo)
-    lines = [json.loads(line) for line in relay.server.log().splitlines()]
+    lines = [json.loads(line) for line in relay.server.wait_for("attempt 2").splitlines()]
     retry = [line for line in lines if "attempt 2" in line["message"]]
     assert retry and retry[0]["uid"] == "uid-json" and retry[0]["namespace"] == "team-a"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -114,7 +115,8 @@ def test_missing_tool_results_fail_loudly(model: ScriptedModel) -> None:
     stored = message.model_dump(exclude_none=True)
     with pytest.raises(openai.BadRequestError, match=r"no tool results.*call_t0_0"):
         ask(model, [SYSTEM, TASK, stored, {"role": "user", "content": "next"}])
-    assert "ERROR" in model.server.log() and "unexpected request" in model.server.log()
+    log = model.server.wait_for("unexpected request")
+    assert re.search(r"ERROR .*unexpected request", log), log
     assert model.requests()[-1]["status"] == 400
 
 
